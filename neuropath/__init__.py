@@ -1,0 +1,8 @@
+"""neuropath: transfer-learning classification of 2-D brain MRI slices.
+
+The model lives in the top-level module ``neuropathology_model``; this package
+holds the class names, configuration, data pipeline, training, callbacks,
+evaluation and the ``neuropath`` command line.
+"""
+
+__version__ = "0.1.0"

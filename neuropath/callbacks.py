@@ -1,0 +1,99 @@
+"""Callbacks that watch training: checkpoints and learning-rate logging.
+
+A *checkpoint* is a full ``.keras`` model with its class names inside, written
+atomically: ``last.keras`` after every epoch, ``best.keras`` whenever the
+monitored validation loss improves.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import keras
+
+__all__ = ["CheckpointSaver", "LearningRateInLogs"]
+
+logger = logging.getLogger(__name__)
+
+
+class LearningRateInLogs(keras.callbacks.Callback):
+    """Adds the optimizer's ``learning_rate`` to each epoch's logs.
+
+    Place it first so the CSV log and TensorBoard both record the rate.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            rate = self.model.optimizer.learning_rate
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(rate))
+
+
+class CheckpointSaver(keras.callbacks.Callback):
+    """Saves ``last.keras`` every epoch and ``best.keras`` on improvement.
+
+    The best score survives across training stages: pass the same instance to
+    every ``fit`` call. A failed save is logged and training goes on.
+
+    Args:
+        classifier: the `NeuropathologyClassifier` being trained.
+        directory: the checkpoint folder.
+        monitor: the logged quantity to minimise; ``"val_loss"`` by default.
+        extra_metadata: stored in each checkpoint beside the class names.
+    """
+
+    def __init__(
+        self,
+        classifier,
+        directory: str | os.PathLike,
+        monitor: str = "val_loss",
+        extra_metadata: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        self.classifier = classifier
+        self.directory = Path(directory)
+        self.monitor = monitor
+        self.extra_metadata = extra_metadata or {}
+        self.best = math.inf
+        self.best_epoch: int | None = None
+        self.stage = ""
+
+    @property
+    def best_path(self) -> Path:
+        return self.directory / "best.keras"
+
+    @property
+    def last_path(self) -> Path:
+        return self.directory / "last.keras"
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        value = logs.get(self.monitor)
+        improved = value is not None and math.isfinite(value) and value < self.best
+        extra = {**self.extra_metadata, "epoch": epoch + 1, "stage": self.stage}
+        try:
+            self.classifier.save(self.last_path, extra=extra)
+            if improved:
+                self.best, self.best_epoch = float(value), epoch + 1
+                self.classifier.save(self.best_path, extra=extra)
+            self._write_state(epoch + 1)
+        except OSError as err:
+            logger.warning(
+                "Could not write a checkpoint after epoch %d: %s", epoch + 1, err
+            )
+
+    def _write_state(self, epochs_done: int) -> None:
+        state = {
+            "epochs_done": epochs_done,
+            "stage": self.stage,
+            "monitor": self.monitor,
+            "best": self.best if math.isfinite(self.best) else None,
+            "best_epoch": self.best_epoch,
+        }
+        tmp = self.directory / "state.json.tmp"
+        tmp.write_text(json.dumps(state, indent=2))
+        os.replace(tmp, self.directory / "state.json")

@@ -1,0 +1,150 @@
+"""The ``neuropath`` command line: thin wrappers that parse and call the library.
+
+Subcommands: ``train`` and ``evaluate``. Errors a user can fix are printed as
+one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main", "train_main", "evaluate_main"]
+
+EXIT_USAGE = 2
+
+
+def _quiet_tensorflow() -> None:
+    # TensorFlow's C++ start-up chatter hides the messages users need.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="YAML config file")
+    parser.add_argument("--data-dir", help="data set folder (overrides data.data_dir)")
+    parser.add_argument("--run-dir", help="run folder (default runs/<name>-<time>)")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="config overrides such as train.batch_size=16 model.weights=null",
+    )
+
+
+def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", nargs="?", help="a run folder from 'train'")
+    parser.add_argument("--model", help="a .keras model (instead of RUN_DIR)")
+    parser.add_argument("--data", help="data set folder, with --model")
+    parser.add_argument("--manifest", help="split manifest CSV; its test rows are used")
+    parser.add_argument("--out", help="report folder (default RUN_DIR/evaluation)")
+    parser.add_argument("--batch-size", type=int, default=32)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from neuropath.config import load_config
+    from neuropath.training import train
+
+    overrides = list(args.overrides)
+    if args.data_dir:
+        overrides.append(f"data.data_dir={args.data_dir}")
+    config = load_config(args.config, overrides)
+    result = train(config, args.run_dir)
+    if result.test_accuracy is not None:
+        print(f"test accuracy: {result.test_accuracy:.4f}")
+    else:
+        print("test accuracy: n/a (empty test split)")
+    print(f"model: {result.model_path}")
+    print(f"run folder: {result.run_dir}")
+    if result.report is not None:
+        print(f"report: {result.run_dir / 'evaluation' / 'report.json'}")
+    print(f"minutes: {result.minutes:.1f}")
+    return 0
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from neuropath.evaluation import evaluate_model, evaluate_run
+
+    if args.run_dir and not args.model:
+        report, out = evaluate_run(args.run_dir, args.out, args.data, args.batch_size)
+    elif args.model and args.data and not args.run_dir:
+        out = args.out or "evaluation"
+        report, out = evaluate_model(
+            args.model, args.data, out, args.manifest, args.batch_size
+        )
+    else:
+        raise ValueError(
+            "evaluate needs either RUN_DIR, or --model M.keras --data DIR "
+            "[--manifest CSV]."
+        )
+    print(f"accuracy: {report['accuracy']:.4f} on {report['n_images']} images")
+    print(f"report: {out / 'report.json'}")
+    return 0
+
+
+def _dispatch(run, args: argparse.Namespace) -> int:
+    from neuropathology_model import ImageNetWeightsUnavailableError, ModelFileError
+
+    _setup_logging(getattr(args, "verbose", False))
+    try:
+        return run(args)
+    except (
+        ValueError,
+        FileNotFoundError,
+        FileExistsError,
+        ImageNetWeightsUnavailableError,
+        ModelFileError,
+    ) as err:
+        print(f"neuropath: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("neuropath: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``neuropath`` argument parser with its subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="neuropath",
+        description="Train and evaluate a 17-class brain MRI slice classifier.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="train a model into a run folder")
+    _add_train_arguments(train)
+    train.set_defaults(run=_run_train)
+    evaluate = commands.add_parser("evaluate", help="evaluate a trained model")
+    _add_evaluate_arguments(evaluate)
+    evaluate.set_defaults(run=_run_evaluate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``neuropath`` command."""
+    _quiet_tensorflow()
+    args = build_parser().parse_args(argv)
+    return _dispatch(args.run, args)
+
+
+def train_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``scripts/train.py``: ``neuropath train`` by another name."""
+    return main(["train", *(sys.argv[1:] if argv is None else argv)])
+
+
+def evaluate_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``scripts/evaluate.py``: ``neuropath evaluate``."""
+    return main(["evaluate", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,268 @@
+"""Run configuration: typed sections read from YAML, with command-line overrides.
+
+A config has four sections, ``data``, ``model``, ``train`` and ``augment``,
+plus a run ``name``. Every key has a default; an *override* is a
+``section.key=value`` string whose value is parsed as YAML.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "AugmentConfig",
+    "DataConfig",
+    "FineTuneConfig",
+    "FrozenStageConfig",
+    "ModelConfig",
+    "RunConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "load_config",
+]
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Where the images are and how they are split.
+
+    Attributes:
+        data_dir: folder with one sub-folder per class.
+        image_size: side of the square model input in pixels.
+        val_fraction: share of each class held out for validation.
+        test_fraction: share of each class held out for testing.
+        seed: seed of the split.
+        manifest: an existing split manifest (CSV) to reuse instead of
+            splitting anew.
+        cache: ``"memory"``, a directory for an on-disk cache, or ``None``.
+        verify_images: decode every file once before training and leave out
+            those that fail.
+    """
+
+    data_dir: str = "data/demo"
+    image_size: int = 224
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    seed: int = 42
+    manifest: str | None = None
+    cache: str | None = "memory"
+    verify_images: bool = True
+
+
+@dataclasses.dataclass
+class AugmentConfig:
+    """Training-only augmentation, applied as Keras preprocessing layers."""
+
+    enabled: bool = True
+    rotation_degrees: float = 20.0
+    zoom: float = 0.10
+    horizontal_flip: bool = True
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Arguments of `NeuropathologyClassifier` (see its docstring)."""
+
+    backbone: str = "mobilenetv2"
+    weights: str | None = "imagenet"
+    dense_units: list[int] = dataclasses.field(default_factory=lambda: [512, 256])
+    dropout_rates: list[float] = dataclasses.field(default_factory=lambda: [0.5, 0.3])
+    batchnorm_momentum: float | None = None
+    backbone_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class FrozenStageConfig:
+    """Stage 1: the head alone, backbone frozen. ``epochs: 0`` skips it."""
+
+    epochs: int = 10
+    learning_rate: float = 1e-3
+
+
+@dataclasses.dataclass
+class FineTuneConfig:
+    """Stage 2: the top of the backbone unfrozen. ``epochs: 0`` skips it.
+
+    Attributes:
+        unfreeze_layers: how many of the backbone's last layers to train, or
+            ``"all"``.
+        freeze_batchnorm: keep backbone BatchNorm layers in inference mode.
+            Leave on for pretrained weights; turn off when the backbone is
+            trained from scratch, whose statistics must be learnt.
+    """
+
+    epochs: int = 10
+    learning_rate: float = 1e-5
+    unfreeze_layers: int | str = 40
+    freeze_batchnorm: bool = True
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Optimisation settings shared by both stages."""
+
+    batch_size: int = 32
+    class_weights: bool = True
+    frozen: FrozenStageConfig = dataclasses.field(default_factory=FrozenStageConfig)
+    fine_tune: FineTuneConfig = dataclasses.field(default_factory=FineTuneConfig)
+    early_stopping_patience: int | None = 5
+    reduce_lr_patience: int | None = 2
+    reduce_lr_factor: float = 0.3
+    min_learning_rate: float = 1e-7
+    gradient_clip_norm: float | None = None
+    seed: int = 42
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """A whole training run."""
+
+    name: str = "run"
+    runs_dir: str = "runs"
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain nested dicts, as written to ``config.yaml``."""
+        return dataclasses.asdict(self)
+
+    def __post_init__(self):
+        _check_config(self)
+
+
+def _check_config(config: RunConfig) -> None:
+    data, train = config.data, config.train
+    if not 0 <= data.val_fraction < 1 or not 0 <= data.test_fraction < 1:
+        raise ValueError(
+            "data.val_fraction and data.test_fraction must lie in [0, 1); "
+            f"received {data.val_fraction} and {data.test_fraction}."
+        )
+    if data.val_fraction + data.test_fraction >= 1:
+        raise ValueError(
+            "data.val_fraction + data.test_fraction must leave images to train "
+            f"on; received {data.val_fraction} + {data.test_fraction}."
+        )
+    unfreeze = train.fine_tune.unfreeze_layers
+    if not (unfreeze == "all" or (isinstance(unfreeze, int) and unfreeze >= 0)):
+        raise ValueError(
+            "train.fine_tune.unfreeze_layers must be a count >= 0 or 'all'; "
+            f"received {unfreeze!r}."
+        )
+    if train.frozen.epochs + train.fine_tune.epochs <= 0:
+        raise ValueError(
+            "train.frozen.epochs and train.fine_tune.epochs are both 0: "
+            "nothing to train. Give either stage at least one epoch."
+        )
+
+
+def _from_dict(cls: type, values: dict[str, Any], where: str) -> Any:
+    """Builds dataclass ``cls`` from ``values``, refusing unknown keys."""
+    if not isinstance(values, dict):
+        raise ValueError(f"Config section {where or 'root'!r} must be a mapping.")
+    hints = typing.get_type_hints(cls)
+    names = {field.name for field in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(
+            f"Unknown config key(s) {[_join(where, k) for k in unknown]}; "
+            f"section {where or 'root'!r} accepts {sorted(names)}."
+        )
+    kwargs = {}
+    for key, value in values.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _from_dict(hint, value or {}, _join(where, key))
+        else:
+            kwargs[key] = _coerce(value, hint, _join(where, key))
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Checks a scalar against its annotation, turning ints into floats."""
+    is_union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    allowed = typing.get_args(hint) if is_union else (hint,)
+    if value is None:
+        if type(None) in allowed:
+            return None
+        raise ValueError(f"Config key {key!r} may not be null.")
+    if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if float in allowed and isinstance(value, str):
+        # YAML 1.1 reads "1e-5" (no dot) as a string.
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    origins = tuple(typing.get_origin(a) or a for a in allowed)
+    if isinstance(value, origins) and not (
+        isinstance(value, bool) and bool not in origins
+    ):
+        return value
+    raise ValueError(
+        f"Config key {key!r} expects {hint}; received {value!r} "
+        f"({type(value).__name__})."
+    )
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Applies ``section.key=value`` overrides to a nested dict, in place.
+
+    Args:
+        values: the config as nested dicts.
+        overrides: strings such as ``"train.fine_tune.epochs=3"``; each value is
+            parsed as YAML, so ``null``, numbers and lists work.
+
+    Returns:
+        ``values``, updated.
+    """
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(
+                f"Override {item!r} is not of the form section.key=value "
+                "(for example train.batch_size=16)."
+            )
+        *parents, leaf = key.strip().split(".")
+        node = values
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"Override {item!r}: {part!r} is not a section.")
+        node[leaf] = yaml.safe_load(raw)
+    return values
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+    """Reads a YAML config, applies overrides and validates every key.
+
+    Args:
+        path: a YAML file, or ``None`` for the defaults alone.
+        overrides: ``section.key=value`` strings, applied after the file.
+
+    Returns:
+        The validated `RunConfig`.
+
+    Raises:
+        ValueError: an unknown key, a value of the wrong type or an
+            inconsistent setting; the message names the key.
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"Config file {str(path)!r} does not exist.")
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    apply_overrides(values, list(overrides))
+    return _from_dict(RunConfig, values, "")

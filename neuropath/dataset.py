@@ -1,0 +1,451 @@
+"""Finding, splitting and streaming the MRI slices of a data set folder.
+
+A *data set folder* holds one sub-folder per class (the public data set's
+folder names). A *record* is one image file with its class; the *split
+manifest* is a CSV assigning every record to ``train``, ``val`` or ``test``.
+Images enter the model as raw RGB pixels, 0-255, padded to a square.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import logging
+import os
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from neuropath.classes import CLASS_NAMES, canonical_class_name, short_name
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "SPLITS",
+    "DatasetScan",
+    "Record",
+    "class_weights",
+    "image_problem",
+    "load_image",
+    "make_augmentation",
+    "make_dataset",
+    "read_manifest",
+    "scan_dataset",
+    "split_records",
+    "write_manifest",
+]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+)
+# TensorFlow decodes these itself; TIFF goes through Pillow.
+_TF_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
+SPLITS = ("train", "val", "test")
+MANIFEST_COLUMNS = ("path", "class_name", "label", "split")
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """One image file and its class.
+
+    Attributes:
+        path: the file, relative to the data set folder, with ``/`` separators.
+        class_name: its canonical class name.
+        split: ``"train"``, ``"val"``, ``"test"`` or ``""`` before splitting.
+    """
+
+    path: str
+    class_name: str
+    split: str = ""
+
+
+@dataclasses.dataclass
+class DatasetScan:
+    """What a data set folder holds.
+
+    Attributes:
+        root: the folder scanned.
+        records: usable images, sorted by class then path.
+        unusable: ``(path, reason)`` for each file left out.
+        unknown_folders: sub-folders that are not one of the 17 classes.
+        missing_classes: classes with no usable image.
+    """
+
+    root: Path
+    records: list[Record]
+    unusable: list[tuple[str, str]]
+    unknown_folders: list[str]
+    missing_classes: list[str]
+
+    def counts(self) -> Counter:
+        """Number of usable images per class name."""
+        return Counter(record.class_name for record in self.records)
+
+
+def image_problem(path: str | os.PathLike) -> str | None:
+    """Why an image file cannot be used, or ``None`` if it decodes.
+
+    Args:
+        path: the image file.
+
+    Returns:
+        A short reason such as ``"empty file"`` or ``"cannot decode: ..."``.
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            return "empty file"
+        with Image.open(path) as image:
+            image.load()
+    except Exception as err:  # Pillow raises many types for corrupt files.
+        return f"cannot decode: {err}"
+    return None
+
+
+def _class_files(folder: Path) -> list[Path]:
+    """Image files below a class folder, nested folders included."""
+    return sorted(
+        path
+        for path in folder.rglob("*")
+        if path.is_file()
+        and path.suffix.lower() in IMAGE_EXTENSIONS
+        and not path.name.startswith(".")
+    )
+
+
+def scan_dataset(
+    root: str | os.PathLike,
+    class_names: Sequence[str] = CLASS_NAMES,
+    verify: bool = True,
+    workers: int | None = None,
+) -> DatasetScan:
+    """Lists the images of a data set folder and checks they decode.
+
+    Args:
+        root: the data set folder.
+        class_names: the classes expected, in output order.
+        verify: decode each file once with Pillow and leave out failures.
+        workers: threads for verification; all cores by default.
+
+    Returns:
+        The `DatasetScan`; absent classes and unknown folders are logged.
+
+    Raises:
+        FileNotFoundError: ``root`` is not a folder.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"Data folder {str(root)!r} does not exist; pass a folder holding "
+            "one sub-folder per class (data.data_dir or --data-dir)."
+        )
+    wanted = set(class_names)
+    candidates, unknown = [], []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        class_name = canonical_class_name(folder.name)
+        if class_name is None or class_name not in wanted:
+            if not folder.name.startswith("."):
+                unknown.append(folder.name)
+            continue
+        for path in _class_files(folder):
+            candidates.append(Record(path.relative_to(root).as_posix(), class_name))
+
+    unusable = []
+    if verify and candidates:
+        with ThreadPoolExecutor(workers or os.cpu_count()) as pool:
+            problems = list(
+                pool.map(image_problem, (root / r.path for r in candidates))
+            )
+        unusable = [(r.path, p) for r, p in zip(candidates, problems, strict=True) if p]
+        candidates = [r for r, p in zip(candidates, problems, strict=True) if not p]
+
+    order = {name: i for i, name in enumerate(class_names)}
+    records = sorted(candidates, key=lambda r: (order[r.class_name], r.path))
+    present = {r.class_name for r in records}
+    missing = [name for name in class_names if name not in present]
+    scan = DatasetScan(root, records, unusable, unknown, missing)
+    _log_scan(scan, len(class_names))
+    return scan
+
+
+def _log_scan(scan: DatasetScan, n_classes: int) -> None:
+    logger.info(
+        "Found %d images in %d of %d classes under %s",
+        len(scan.records),
+        n_classes - len(scan.missing_classes),
+        n_classes,
+        scan.root,
+    )
+    if scan.missing_classes:
+        logger.warning(
+            "No images for %d class(es): %s. The model keeps all %d outputs; "
+            "these classes will never be seen in training.",
+            len(scan.missing_classes),
+            ", ".join(short_name(name) for name in scan.missing_classes),
+            n_classes,
+        )
+    if scan.unknown_folders:
+        logger.warning(
+            "Ignoring %d folder(s) that are not classes: %s",
+            len(scan.unknown_folders),
+            ", ".join(repr(name) for name in scan.unknown_folders),
+        )
+    if scan.unusable:
+        logger.warning(
+            "Leaving out %d unreadable file(s), first: %s (%s)",
+            len(scan.unusable),
+            *scan.unusable[0],
+        )
+
+
+def split_records(
+    records: Sequence[Record],
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 42,
+) -> list[Record]:
+    """Assigns each record to a split, class by class.
+
+    Each class is shuffled with ``seed`` and cut at its own proportions, so
+    every split keeps the class balance; a class of three or more images has at
+    least one in each held-out split that asks for any.
+
+    Args:
+        records: the images to split.
+        val_fraction: share of each class for validation.
+        test_fraction: share of each class for testing.
+        seed: the shuffle seed; the same seed gives the same split.
+
+    Returns:
+        The records with ``split`` set, in the input order.
+    """
+    rng = np.random.default_rng(seed)
+    by_class: dict[str, list[int]] = {}
+    for index, record in enumerate(records):
+        by_class.setdefault(record.class_name, []).append(index)
+
+    assigned = [""] * len(records)
+    for class_name in sorted(by_class):
+        indices = by_class[class_name]
+        order = rng.permutation(len(indices))
+        n_val, n_test = _held_out_counts(len(indices), val_fraction, test_fraction)
+        for rank, position in enumerate(order):
+            split = (
+                "val" if rank < n_val else "test" if rank < n_val + n_test else "train"
+            )
+            assigned[indices[position]] = split
+    return [
+        dataclasses.replace(r, split=s) for r, s in zip(records, assigned, strict=True)
+    ]
+
+
+def _held_out_counts(
+    n: int, val_fraction: float, test_fraction: float
+) -> tuple[int, int]:
+    n_val, n_test = round(n * val_fraction), round(n * test_fraction)
+    if n >= 3:
+        n_val = max(n_val, 1) if val_fraction > 0 else 0
+        n_test = max(n_test, 1) if test_fraction > 0 else 0
+    # Always leave at least one image to train on.
+    while n_val + n_test >= n and n_val + n_test > 0:
+        if n_val >= n_test:
+            n_val -= 1
+        else:
+            n_test -= 1
+    return n_val, n_test
+
+
+def write_manifest(
+    records: Iterable[Record], path: str | os.PathLike, class_names: Sequence[str]
+) -> Path:
+    """Writes the split manifest CSV (path, class_name, label, split).
+
+    ``label`` is the class's index in ``class_names``, the model's output order.
+    """
+    path = Path(path)
+    index = {name: i for i, name in enumerate(class_names)}
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(MANIFEST_COLUMNS)
+        for r in records:
+            writer.writerow([r.path, r.class_name, index[r.class_name], r.split])
+    os.replace(tmp, path)
+    return path
+
+
+def read_manifest(
+    path: str | os.PathLike, class_names: Sequence[str] = CLASS_NAMES
+) -> list[Record]:
+    """Reads a split manifest written by `write_manifest`.
+
+    Raises:
+        ValueError: a column is missing, or a row names an unknown class or
+            split; the message gives the file and line.
+    """
+    path = Path(path)
+    records = []
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        missing = set(MANIFEST_COLUMNS) - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(
+                f"Manifest {str(path)!r} lacks column(s) {sorted(missing)}; "
+                f"expected {list(MANIFEST_COLUMNS)}."
+            )
+        for line, row in enumerate(reader, start=2):
+            class_name = canonical_class_name(row["class_name"])
+            if class_name not in class_names or row["split"] not in SPLITS:
+                raise ValueError(
+                    f"Manifest {str(path)!r} line {line}: unknown class "
+                    f"{row['class_name']!r} or split {row['split']!r} "
+                    f"(splits are {SPLITS})."
+                )
+            records.append(Record(row["path"], class_name, row["split"]))
+    return records
+
+
+def class_weights(labels: Sequence[int], n_classes: int) -> dict[int, float]:
+    """Balanced class weights, ``n / (k * count)``, for the classes present.
+
+    Classes without examples get weight 1.0 (they never occur in training).
+    """
+    counts = np.bincount(np.asarray(labels, dtype=int), minlength=n_classes)
+    present = np.count_nonzero(counts)
+    total = counts.sum()
+    return {
+        k: float(total / (present * counts[k])) if counts[k] else 1.0
+        for k in range(n_classes)
+    }
+
+
+def make_augmentation(
+    rotation_degrees: float = 20.0,
+    zoom: float = 0.10,
+    horizontal_flip: bool = True,
+    seed: int | None = None,
+) -> keras.Sequential:
+    """The training augmentation as Keras preprocessing layers.
+
+    Rotated and zoomed-out pixels are filled with black, the background of an
+    MRI slice, rather than reflected anatomy.
+    """
+    layers = []
+    if horizontal_flip:
+        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
+    if rotation_degrees:
+        layers.append(
+            keras.layers.RandomRotation(
+                rotation_degrees / 360.0, fill_mode="constant", seed=seed
+            )
+        )
+    if zoom:
+        layers.append(keras.layers.RandomZoom(zoom, fill_mode="constant", seed=seed))
+    return keras.Sequential(layers, name="augmentation")
+
+
+def _decode_with_pillow(path: bytes) -> np.ndarray:
+    with Image.open(path.decode()) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def load_image(path: tf.Tensor, image_size: int) -> tf.Tensor:
+    """Decodes one image file to RGB and pads-and-resizes it to a square.
+
+    Args:
+        path: a scalar string tensor, the file's path.
+        image_size: side of the square result.
+
+    Returns:
+        float32 pixels in 0-255, shape ``(image_size, image_size, 3)``;
+        greyscale files become three equal channels.
+    """
+    extension = tf.strings.lower(
+        tf.strings.regex_replace(path, r"^.*(\.[^./]*)$", r"\1")
+    )
+    use_tf = tf.reduce_any(tf.equal(extension, sorted(_TF_EXTENSIONS)))
+
+    def tf_decode():
+        return tf.io.decode_image(
+            tf.io.read_file(path), channels=3, expand_animations=False
+        )
+
+    def pillow_decode():
+        image = tf.numpy_function(_decode_with_pillow, [path], tf.uint8)
+        return tf.ensure_shape(image, [None, None, 3])
+
+    image = tf.cond(use_tf, tf_decode, pillow_decode)
+    # Padding keeps the anatomy's aspect ratio; MRI background is black.
+    return tf.image.resize_with_pad(image, image_size, image_size)
+
+
+def make_dataset(
+    paths: Sequence[str],
+    labels: Sequence[int],
+    n_classes: int,
+    image_size: int,
+    batch_size: int,
+    training: bool = False,
+    augmentation: keras.layers.Layer | None = None,
+    cache: str | None = None,
+    seed: int = 42,
+) -> tf.data.Dataset:
+    """A batched ``tf.data`` pipeline of ``(images, one_hot_labels)``.
+
+    Files are decoded in parallel; a file that fails to decode is dropped
+    with a logged warning rather than stopping the epoch.
+
+    Args:
+        paths: image files.
+        labels: class indices, one per file.
+        n_classes: length of the one-hot vectors.
+        image_size: side of the square output images.
+        batch_size: images per batch.
+        training: shuffle every epoch and apply ``augmentation``.
+        augmentation: a layer applied to training batches.
+        cache: ``"memory"``, a directory for an on-disk cache, or ``None``.
+        seed: shuffle seed.
+
+    Returns:
+        A dataset of float32 images ``(batch, image_size, image_size, 3)`` in
+        0-255 and float32 labels ``(batch, n_classes)``.
+    """
+    paths = [str(p) for p in paths]
+    if len(paths) != len(labels):
+        raise ValueError(
+            f"Got {len(paths)} paths but {len(labels)} labels; they must pair up."
+        )
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (paths, tf.one_hot(np.asarray(labels, dtype=np.int32), n_classes))
+    )
+    dataset = dataset.map(
+        lambda path, label: (load_image(path, image_size), label),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=not training,
+    ).ignore_errors(log_warning=True)
+    if cache == "memory":
+        dataset = dataset.cache()
+    elif cache:
+        Path(cache).mkdir(parents=True, exist_ok=True)
+        # One cache file per list of images, so splits never share a cache.
+        key = hashlib.sha1("\n".join(paths).encode()).hexdigest()[:16]
+        dataset = dataset.cache(str(Path(cache) / f"images_{image_size}_{key}"))
+    if training:
+        dataset = dataset.shuffle(
+            max(len(paths), 1), seed=seed, reshuffle_each_iteration=True
+        )
+    dataset = dataset.batch(batch_size)
+    if training and augmentation is not None:
+        dataset = dataset.map(
+            lambda images, label: (augmentation(images, training=True), label),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    return dataset.prefetch(tf.data.AUTOTUNE)
