@@ -253,6 +253,8 @@ class NeuropathologyClassifier:
         """
         self.backbone.trainable = True
         layers = self.backbone.layers
+        for layer in layers:
+            layer.trainable = True
         if top_layers is not None:
             if top_layers < 0:
                 raise ValueError(f"top_layers must be >= 0; received {top_layers}.")

@@ -60,6 +60,7 @@ def _run_train(args: argparse.Namespace) -> int:
         overrides.append(f"data.data_dir={args.data_dir}")
     config = load_config(args.config, overrides)
     result = train(config, args.run_dir)
+    print()
     if result.test_accuracy is not None:
         print(f"test accuracy: {result.test_accuracy:.4f}")
     else:

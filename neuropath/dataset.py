@@ -352,8 +352,8 @@ def make_augmentation(
     return keras.Sequential(layers, name="augmentation")
 
 
-def _decode_with_pillow(path: bytes) -> np.ndarray:
-    with Image.open(path.decode()) as image:
+def _decode_with_pillow(path) -> np.ndarray:
+    with Image.open(os.fsdecode(np.asarray(path).item())) as image:
         return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 

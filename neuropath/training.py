@@ -14,6 +14,7 @@ import json
 import logging
 import sys
 import time
+import warnings
 from datetime import datetime
 from pathlib import Path
 
@@ -276,15 +277,20 @@ def train(config: RunConfig, run_dir: str | Path | None = None) -> TrainingResul
             learning_rate,
             len(classifier.model.trainable_weights),
         )
-        history = classifier.model.fit(
-            train_ds,
-            validation_data=val_ds,
-            initial_epoch=epochs_done,
-            epochs=epochs_done + epochs,
-            class_weight=weights,
-            callbacks=_callbacks(config, run_dir, monitor, saver),
-            verbose=verbose,
-        )
+        with warnings.catch_warnings():
+            # Dropping undecodable files leaves the epoch length unknown, so
+            # Keras warns at the end of the first epoch; that end is expected.
+            warnings.filterwarnings("ignore", message="Your input ran out of data")
+            history = classifier.model.fit(
+                train_ds,
+                validation_data=val_ds,
+                initial_epoch=epochs_done,
+                epochs=epochs_done + epochs,
+                class_weight=weights,
+                callbacks=_callbacks(config, run_dir, monitor, saver),
+                shuffle=False,  # the pipeline shuffles
+                verbose=verbose,
+            )
         epochs_done += len(history.epoch)
 
     best = saver.best_path if saver.best_path.exists() else saver.last_path

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from neuropath.cli import main
 from neuropath.classes import CLASS_NAMES
+from neuropath.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "configs" / "demo.yaml"
@@ -20,6 +20,13 @@ FAST = [
     "train.fine_tune.epochs=2",
     "train.early_stopping_patience=null",
 ]
+
+
+def _summary(stdout: str) -> list[str]:
+    """The lines printed after training, from the last blank line on."""
+    lines = stdout.splitlines()
+    start = len(lines) - lines[::-1].index("")
+    return lines[start:]
 
 
 def _split_counts(run_dir):
@@ -44,7 +51,7 @@ def test_demo_subset_trains_evaluates_and_fills_the_run_folder(
             *FAST,
         ]
     )
-    out = capsys.readouterr().out.splitlines()
+    out = _summary(capsys.readouterr().out)
 
     assert code == 0
     assert out[0].startswith("test accuracy: ")
@@ -104,7 +111,7 @@ def test_real_mri_sample_trains_in_two_stages_and_writes_a_report(
         ]
     )
     assert code == 0
-    assert capsys.readouterr().out.startswith("test accuracy: ")
+    assert _summary(capsys.readouterr().out)[0].startswith("test accuracy: ")
     with open(run_dir / "training_log.csv", encoding="utf-8") as handle:
         epochs = [row["epoch"] for row in csv.DictReader(handle)]
     assert epochs == ["0", "1", "2"]  # one frozen epoch, then two fine-tuning

@@ -116,10 +116,10 @@ def test_frozen_batchnorm_stays_in_inference_mode_while_training():
         for layer in clf.backbone.layers
         if isinstance(layer, keras.layers.BatchNormalization)
     )
-    before = np.array(bn.moving_mean)
+    before = keras.ops.convert_to_numpy(bn.moving_mean)
     clf.compile(1e-3)
     clf.model.fit(_images(8), np.eye(17)[np.arange(8)], epochs=1, verbose=0)
-    np.testing.assert_array_equal(np.array(bn.moving_mean), before)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(bn.moving_mean), before)
 
 
 def test_batchnorm_momentum_reaches_every_batchnorm_layer():
@@ -159,7 +159,9 @@ def test_local_weights_file_is_loaded_into_the_backbone(tmp_path):
     source.save_weights(path)
     clf = NeuropathologyClassifier(weights=path, image_size=SIZE)
     for ours, theirs in zip(clf.backbone.weights, source.weights, strict=True):
-        np.testing.assert_array_equal(np.array(ours), np.array(theirs))
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(ours), keras.ops.convert_to_numpy(theirs)
+        )
 
 
 def test_missing_weights_file_is_named():
