@@ -264,11 +264,15 @@ class NeuropathologyClassifier:
             for layer in _batchnorm_layers(self.backbone):
                 layer.trainable = False
 
-    def compile(self, learning_rate: float, clipnorm: float | None = None) -> None:
+    def compile(
+        self,
+        learning_rate: float | keras.optimizers.schedules.LearningRateSchedule,
+        clipnorm: float | None = None,
+    ) -> None:
         """Compiles with Adam and categorical cross-entropy.
 
         Args:
-            learning_rate: Adam's learning rate.
+            learning_rate: Adam's learning rate, a number or a schedule.
             clipnorm: if given, clip gradients to this global norm.
         """
         self.model.compile(
@@ -325,6 +329,10 @@ class NeuropathologyClassifier:
             self.model.save(tmp)
             with zipfile.ZipFile(tmp, "a") as archive:
                 archive.writestr(METADATA_ENTRY, json.dumps(metadata, indent=2))
+            # mkstemp creates owner-only files; a model is meant to be shared.
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):

@@ -1,7 +1,8 @@
 """The ``neuropath`` command line: thin wrappers that parse and call the library.
 
-Subcommands: ``train`` and ``evaluate``. Errors a user can fix are printed as
-one line and exit with status 2.
+Subcommands: ``train``, ``evaluate``, ``gradcheck``, ``figures`` and
+``gradients``. Errors a user can fix are printed as one line and exit with
+status 2.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-__all__ = ["main", "train_main", "evaluate_main"]
+__all__ = ["main", "train_main", "evaluate_main", "gradcheck_main", "gradients_main"]
 
 EXIT_USAGE = 2
 
@@ -49,6 +50,44 @@ def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--manifest", help="split manifest CSV; its test rows are used")
     parser.add_argument("--out", help="report folder (default RUN_DIR/evaluation)")
     parser.add_argument("--batch-size", type=int, default=32)
+
+
+def _add_gradcheck_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", nargs="?", help="a run folder from 'train'")
+    parser.add_argument("--model", help="a .keras model (instead of RUN_DIR)")
+    parser.add_argument("--data", help="data set folder: with --model, or moved data")
+    parser.add_argument("--images", type=int, default=16, help="probe batch size")
+    parser.add_argument(
+        "--eps", type=float, default=1e-4, help="central difference step"
+    )
+    parser.add_argument(
+        "--max-entries", type=int, default=200, help="entries checked per tensor"
+    )
+    parser.add_argument(
+        "--numeric-tolerance",
+        type=float,
+        default=1e-5,
+        help="largest relative error, central differences vs analytic (float64)",
+    )
+    parser.add_argument(
+        "--tf-tolerance",
+        type=float,
+        default=1e-4,
+        help="largest relative error, NumPy vs TensorFlow (float32)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="probe and entry sample")
+
+
+def _add_figures_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="folder for the PNG figures")
+    # dest differs from "run", which holds the subcommand's function.
+    parser.add_argument(
+        "--run", dest="run_dir", help="a run folder whose gradient logs to plot"
+    )
+
+
+def _add_gradients_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", help="a run folder from 'train'")
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -93,6 +132,55 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_gradcheck(args: argparse.Namespace) -> int:
+    from neuropath.gradcheck import format_table, gradcheck_model, gradcheck_run
+
+    options = {
+        "n_images": args.images,
+        "eps": args.eps,
+        "max_entries": args.max_entries,
+        "seed": args.seed,
+    }
+    if args.run_dir and not args.model:
+        result = gradcheck_run(args.run_dir, data_dir=args.data, **options)
+    elif args.model and args.data and not args.run_dir:
+        result = gradcheck_model(args.model, args.data, **options)
+    else:
+        raise ValueError(
+            "gradcheck needs either RUN_DIR [--data DIR], or --model M.keras "
+            "--data DIR."
+        )
+    tolerances = (args.numeric_tolerance, args.tf_tolerance)
+    print(format_table(result, *tolerances))
+    passed = result.passed(*tolerances)
+    print("gradients agree" if passed else "gradient check FAILED")
+    return 0 if passed else 1
+
+
+def _run_figures(args: argparse.Namespace) -> int:
+    from neuropath.theory_figures import render_figures
+
+    written, skipped = render_figures(args.out, args.run_dir)
+    for path in written:
+        print(f"figure: {path}")
+    for reason in skipped:
+        print(f"skipped: {reason}")
+    return 0
+
+
+def _run_gradients(args: argparse.Namespace) -> int:
+    from neuropath.gradient_logging import format_gradient_table, read_gradient_table
+
+    rows = read_gradient_table(args.run_dir)
+    print(format_gradient_table(rows))
+    flagged = sorted({row.layer for row in rows if row.flag})
+    if flagged:
+        print(f"alarms in {len(flagged)} layer(s): {', '.join(flagged)}")
+    else:
+        print("no gradient alarms")
+    return 0
+
+
 def _dispatch(run, args: argparse.Namespace) -> int:
     from neuropathology_model import ImageNetWeightsUnavailableError, ModelFileError
 
@@ -127,6 +215,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="evaluate a trained model")
     _add_evaluate_arguments(evaluate)
     evaluate.set_defaults(run=_run_evaluate)
+    gradcheck = commands.add_parser(
+        "gradcheck", help="check the head's gradients on a probe batch"
+    )
+    _add_gradcheck_arguments(gradcheck)
+    gradcheck.set_defaults(run=_run_gradcheck)
+    figures = commands.add_parser("figures", help="draw the backpropagation figures")
+    _add_figures_arguments(figures)
+    figures.set_defaults(run=_run_figures)
+    gradients = commands.add_parser(
+        "gradients", help="tabulate a run's logged gradient norms and alarms"
+    )
+    _add_gradients_arguments(gradients)
+    gradients.set_defaults(run=_run_gradients)
     return parser
 
 
@@ -145,6 +246,16 @@ def train_main(argv: Sequence[str] | None = None) -> int:
 def evaluate_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``scripts/evaluate.py``: ``neuropath evaluate``."""
     return main(["evaluate", *(sys.argv[1:] if argv is None else argv)])
+
+
+def gradcheck_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``scripts/gradcheck.py``: ``neuropath gradcheck``."""
+    return main(["gradcheck", *(sys.argv[1:] if argv is None else argv)])
+
+
+def gradients_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``scripts/gradients.py``: ``neuropath gradients``."""
+    return main(["gradients", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

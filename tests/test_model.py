@@ -139,7 +139,8 @@ def test_save_and_load_round_trip_gives_identical_predictions(classifier, tmp_pa
     np.testing.assert_array_equal(loaded.predict(images), expected)
     assert loaded.class_names == classifier.class_names
     assert loaded.image_size == SIZE
-    assert not list(tmp_path.glob("*.tmp*"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.keras"]
+    assert path.stat().st_mode & 0o044 == 0o044  # readable by others, as usual
 
 
 def test_loading_a_file_that_is_not_a_neuropath_model_fails_clearly(tmp_path):
