@@ -2,7 +2,8 @@
 
 A *checkpoint* is a full ``.keras`` model with its class names inside, written
 atomically: ``last.keras`` after every epoch, ``best.keras`` whenever the
-monitored validation loss improves.
+monitored validation loss improves; an epoch with a non-finite loss writes
+neither.
 """
 
 from __future__ import annotations
@@ -73,6 +74,16 @@ class CheckpointSaver(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         value = logs.get(self.monitor)
+        losses = {key: logs.get(key) for key in ("loss", self.monitor)}
+        if any(v is not None and not math.isfinite(v) for v in losses.values()):
+            # A diverged model would replace the last good one on disk.
+            logger.warning(
+                "Epoch %d ended with a non-finite loss %s; no checkpoint written, "
+                "the previous ones are kept.",
+                epoch + 1,
+                losses,
+            )
+            return
         improved = value is not None and math.isfinite(value) and value < self.best
         extra = {**self.extra_metadata, "epoch": epoch + 1, "stage": self.stage}
         try:

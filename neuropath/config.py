@@ -1,7 +1,7 @@
 """Run configuration: typed sections read from YAML, with command-line overrides.
 
-A config has four sections, ``data``, ``model``, ``train`` and ``augment``,
-plus a run ``name``. Every key has a default; an *override* is a
+A config has five sections, ``data``, ``model``, ``train``, ``augment`` and
+``gradients``, plus a run ``name``. Every key has a default; an *override* is a
 ``section.key=value`` string whose value is parsed as YAML.
 """
 
@@ -20,6 +20,7 @@ __all__ = [
     "DataConfig",
     "FineTuneConfig",
     "FrozenStageConfig",
+    "GradientLogConfig",
     "ModelConfig",
     "RunConfig",
     "TrainConfig",
@@ -103,20 +104,57 @@ class FineTuneConfig:
     freeze_batchnorm: bool = True
 
 
+LR_SCHEDULES = ("plateau", "cosine")
+
+
 @dataclasses.dataclass
 class TrainConfig:
-    """Optimisation settings shared by both stages."""
+    """Optimisation settings shared by both stages.
+
+    Attributes:
+        lr_schedule: ``"plateau"`` cuts the learning rate by
+            ``reduce_lr_factor`` when the validation loss stalls for
+            ``reduce_lr_patience`` epochs; ``"cosine"`` decays it smoothly to
+            1% over each stage, which suits short runs from scratch whose
+            validation loss is too noisy for plateau detection.
+    """
 
     batch_size: int = 32
     class_weights: bool = True
     frozen: FrozenStageConfig = dataclasses.field(default_factory=FrozenStageConfig)
     fine_tune: FineTuneConfig = dataclasses.field(default_factory=FineTuneConfig)
     early_stopping_patience: int | None = 5
+    lr_schedule: str = "plateau"
     reduce_lr_patience: int | None = 2
     reduce_lr_factor: float = 0.3
     min_learning_rate: float = 1e-7
     gradient_clip_norm: float | None = None
     seed: int = 42
+
+
+@dataclasses.dataclass
+class GradientLogConfig:
+    """Gradient logging on a fixed probe batch (see `GradientNormLogger`).
+
+    Attributes:
+        enabled: log per-layer gradient norms to ``logs/gradients``.
+        every_epochs: log at the end of every this many epochs.
+        every_steps: also log every this many training steps (null: off).
+        probe_size: training images in the probe batch.
+        histograms: also write gradient and weight histograms.
+        vanishing_threshold: a layer gradient norm below this is an alarm.
+        exploding_threshold: a layer gradient norm above this is an alarm.
+        stop_on_nonfinite: stop training at a non-finite gradient.
+    """
+
+    enabled: bool = True
+    every_epochs: int = 1
+    every_steps: int | None = None
+    probe_size: int = 32
+    histograms: bool = True
+    vanishing_threshold: float = 1e-7
+    exploding_threshold: float = 1e3
+    stop_on_nonfinite: bool = True
 
 
 @dataclasses.dataclass
@@ -129,6 +167,7 @@ class RunConfig:
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    gradients: GradientLogConfig = dataclasses.field(default_factory=GradientLogConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain nested dicts, as written to ``config.yaml``."""
@@ -156,10 +195,33 @@ def _check_config(config: RunConfig) -> None:
             "train.fine_tune.unfreeze_layers must be a count >= 0 or 'all'; "
             f"received {unfreeze!r}."
         )
+    if train.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(
+            f"train.lr_schedule must be one of {LR_SCHEDULES}; "
+            f"received {train.lr_schedule!r}."
+        )
     if train.frozen.epochs + train.fine_tune.epochs <= 0:
         raise ValueError(
             "train.frozen.epochs and train.fine_tune.epochs are both 0: "
             "nothing to train. Give either stage at least one epoch."
+        )
+    _check_gradients(config.gradients)
+
+
+def _check_gradients(gradients: GradientLogConfig) -> None:
+    counts = {
+        "gradients.every_epochs": gradients.every_epochs,
+        "gradients.every_steps": gradients.every_steps,
+        "gradients.probe_size": gradients.probe_size,
+    }
+    for key, value in counts.items():
+        if value is not None and value < 1:
+            raise ValueError(f"{key} must be >= 1; received {value}.")
+    low, high = gradients.vanishing_threshold, gradients.exploding_threshold
+    if not 0 <= low < high:
+        raise ValueError(
+            "gradients.vanishing_threshold must be >= 0 and below "
+            f"gradients.exploding_threshold; received {low} and {high}."
         )
 
 

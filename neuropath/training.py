@@ -2,7 +2,8 @@
 
 A *run folder* holds everything one training run produced: the resolved
 config, the split manifest, class names, checkpoints, the CSV and TensorBoard
-logs, the final model and its test-split evaluation. Stage 1 (*frozen*)
+logs (with the gradient logs of a fixed *probe batch* under ``logs/gradients``),
+the final model and its test-split evaluation. Stage 1 (*frozen*)
 trains the head on a frozen backbone; stage 2 (*fine-tune*) unfreezes the top
 of the backbone at a lower learning rate. Either stage may be skipped.
 """
@@ -12,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
+import random
 import sys
 import time
 import warnings
@@ -19,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 
 import keras
+import numpy as np
 import yaml
 
 from neuropath.callbacks import CheckpointSaver, LearningRateInLogs
@@ -35,9 +39,16 @@ from neuropath.dataset import (
     write_manifest,
 )
 from neuropath.evaluation import evaluate_records
+from neuropath.gradient_logging import GradientNormLogger
 from neuropathology_model import NeuropathologyClassifier
 
-__all__ = ["TrainingResult", "build_classifier", "prepare_run_dir", "train"]
+__all__ = [
+    "TrainingResult",
+    "build_classifier",
+    "prepare_run_dir",
+    "probe_batch",
+    "train",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -185,8 +196,78 @@ def _cache_for(cache: str | None, split: str) -> str | None:
     return cache if cache in (None, "memory") else str(Path(cache) / split)
 
 
-def _callbacks(config: RunConfig, run_dir: Path, monitor: str, saver) -> list:
-    """The callbacks of one stage; the checkpoint saver spans both stages."""
+def probe_batch(
+    config: RunConfig, records: list[Record]
+) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed sample of training images, as the model sees them, unaugmented.
+
+    Args:
+        config: the run's config; ``gradients.probe_size`` images are drawn,
+            seeded by ``train.seed``.
+        records: the split records; only the training split is drawn from.
+
+    Returns:
+        ``(images, one_hot_labels)`` of shapes ``(probe, size, size, 3)`` and
+        ``(probe, 17)``; fewer images when the training split is smaller.
+    """
+    chosen = [r for r in records if r.split == "train"]
+    if not chosen:
+        raise ValueError("The training split is empty: there is no probe batch.")
+    # Records are grouped by class: a seeded sample spreads the probe over them.
+    sample = random.Random(config.train.seed).sample(
+        chosen, min(config.gradients.probe_size, len(chosen))
+    )
+    index = {name: i for i, name in enumerate(CLASS_NAMES)}
+    dataset = make_dataset(
+        [Path(config.data.data_dir) / r.path for r in sample],
+        [index[r.class_name] for r in sample],
+        len(CLASS_NAMES),
+        config.data.image_size,
+        len(sample),
+        training=False,
+    )
+    images, labels = next(iter(dataset))
+    return keras.ops.convert_to_numpy(images), keras.ops.convert_to_numpy(labels)
+
+
+def _gradient_logger(
+    config: RunConfig,
+    records: list[Record],
+    run_dir: Path,
+    weights: dict[int, float] | None,
+) -> GradientNormLogger | None:
+    """One logger for every stage, or ``None`` when gradient logging is off."""
+    settings = config.gradients
+    if not settings.enabled:
+        return None
+    images, labels = probe_batch(config, records)
+    sample_weight = None
+    if weights is not None:
+        # The same class weighting as the training loss.
+        sample_weight = np.array([weights[int(k)] for k in labels.argmax(axis=1)])
+    return GradientNormLogger(
+        images,
+        labels,
+        run_dir / "logs" / "gradients",
+        probe_sample_weight=sample_weight,
+        every_epochs=settings.every_epochs,
+        every_steps=settings.every_steps,
+        histograms=settings.histograms,
+        vanishing_threshold=settings.vanishing_threshold,
+        exploding_threshold=settings.exploding_threshold,
+        stop_on_nonfinite=settings.stop_on_nonfinite,
+        flow_plot=run_dir / "gradient_flow.png",
+    )
+
+
+def _callbacks(
+    config: RunConfig,
+    run_dir: Path,
+    monitor: str,
+    saver,
+    gradient_logger: GradientNormLogger | None = None,
+) -> list:
+    """The callbacks of one stage; the saver and gradient logger span both."""
     train = config.train
     callbacks = [
         LearningRateInLogs(),
@@ -194,13 +275,15 @@ def _callbacks(config: RunConfig, run_dir: Path, monitor: str, saver) -> list:
         keras.callbacks.CSVLogger(str(run_dir / "training_log.csv"), append=True),
         keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs")),
     ]
+    if gradient_logger is not None:
+        callbacks.append(gradient_logger)
     if train.early_stopping_patience:
         callbacks.append(
             keras.callbacks.EarlyStopping(
                 monitor=monitor, patience=train.early_stopping_patience, verbose=1
             )
         )
-    if train.reduce_lr_patience:
+    if train.reduce_lr_patience and train.lr_schedule == "plateau":
         callbacks.append(
             keras.callbacks.ReduceLROnPlateau(
                 monitor=monitor,
@@ -222,6 +305,14 @@ def _stages(config: RunConfig) -> list[tuple[str, int, float]]:
     if fine.epochs > 0:
         stages.append(("fine_tune", fine.epochs, fine.learning_rate))
     return stages
+
+
+def _learning_rate(config: RunConfig, initial: float, epochs: int, n_train: int):
+    """A constant rate, or a cosine decay spanning the stage's steps."""
+    if config.train.lr_schedule != "cosine":
+        return initial
+    steps = epochs * math.ceil(n_train / config.train.batch_size)
+    return keras.optimizers.schedules.CosineDecay(initial, steps, alpha=0.01)
 
 
 def _prepare_stage(classifier: NeuropathologyClassifier, config: RunConfig, stage: str):
@@ -264,11 +355,18 @@ def train(config: RunConfig, run_dir: str | Path | None = None) -> TrainingResul
         monitor=monitor,
         extra_metadata={"config": config.to_dict()},
     )
+    gradient_logger = _gradient_logger(config, records, run_dir, weights)
     verbose = 1 if sys.stdout.isatty() else 2
     epochs_done = 0
     for stage, epochs, learning_rate in _stages(config):
+        if gradient_logger is not None and gradient_logger.stopped_on_nonfinite:
+            logger.warning("Stage %s skipped: the gradients were not finite.", stage)
+            break
         _prepare_stage(classifier, config, stage)
-        classifier.compile(learning_rate, clipnorm=config.train.gradient_clip_norm)
+        classifier.compile(
+            _learning_rate(config, learning_rate, epochs, len(train_labels)),
+            clipnorm=config.train.gradient_clip_norm,
+        )
         saver.stage = stage
         logger.info(
             "Stage %s: %d epoch(s) at learning rate %g, %d trainable weight tensors",
@@ -287,13 +385,19 @@ def train(config: RunConfig, run_dir: str | Path | None = None) -> TrainingResul
                 initial_epoch=epochs_done,
                 epochs=epochs_done + epochs,
                 class_weight=weights,
-                callbacks=_callbacks(config, run_dir, monitor, saver),
+                callbacks=_callbacks(config, run_dir, monitor, saver, gradient_logger),
                 shuffle=False,  # the pipeline shuffles
                 verbose=verbose,
             )
         epochs_done += len(history.epoch)
 
     best = saver.best_path if saver.best_path.exists() else saver.last_path
+    if not best.exists():
+        raise ValueError(
+            f"Training left no checkpoint in {str(saver.directory)!r}: the loss "
+            "was not finite from the first epoch on. Lower the learning rate or "
+            "set train.gradient_clip_norm."
+        )
     final = NeuropathologyClassifier.load(best)
     model_path = final.save(run_dir / "model.keras", extra={"config": config.to_dict()})
     logger.info("Final model (best epoch %s): %s", saver.best_epoch, model_path)

@@ -8,7 +8,7 @@ one rule per pathology. The images are phantoms: they
 are NOT patient data and have no diagnostic value.
 
 Usage:
-    python scripts/make_demo_data.py [--out data/demo] [--per-class 60] [--seed 0]
+    python scripts/make_demo_data.py [--out data/demo] [--per-class 100] [--seed 0]
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ SLICE_RANGES = {
 
 MIDLINE_COLUMN = 98  # x = 0 mm in the symmetric 1 mm template.
 CPA_ROW = 130  # y = -30 mm: cerebellopontine angle, beside the pons.
-OUTPUT_SIDES = (160, 208)  # Range of saved image sides, in pixels.
+OUTPUT_SIDES = (112, 144)  # Range of saved image sides, in pixels.
 CSV_COLUMNS = (
     "path",
     "class_name",
@@ -246,48 +246,62 @@ def _side_mask(shape: tuple[int, int], side: int, margin: float) -> np.ndarray:
     return np.broadcast_to(side * cols > margin, shape)
 
 
+def _deepest(candidates: np.ndarray, depth: np.ndarray, wanted: float) -> np.ndarray:
+    """Candidates at least `wanted` px deep, or the deepest third if none are.
+
+    Large lesions do not fit `wanted` px from the surface on the smallest
+    slices; there they sit as deep as the slice allows.
+    """
+    deep = candidates & (depth > wanted)
+    if deep.any():
+        return deep
+    if not candidates.any():
+        return candidates
+    return candidates & (depth >= np.percentile(depth[candidates], 67))
+
+
 # ----------------------------------------------------------------------------
 # One rule per pathology
 # ----------------------------------------------------------------------------
 
 
 def draw_glioma(tissue: Tissue, rng: np.random.Generator) -> tuple[Tissue, Lesion]:
-    """Intra-axial irregular mass with necrotic core in hemispheric white matter.
+    """Intra-axial lobulated mass with necrotic core in hemispheric white matter.
 
     Rule: centre on white matter of one hemisphere, away from the surface;
-    radius 14-22 px; irregular outline; necrotic core ~45-60 % of the radius;
-    oedema halo 1.7-2.3 radii that follows white matter.
-    T1: hypointense mass, darker core. T1C+: thick irregular bright ring
-    around a dark core. T2: bright mass and a wide bright oedema halo.
+    radius 18-26 px; lobulated outline; necrotic core 45-60 % of the radius;
+    oedema halo 1.8-2.4 radii that follows white matter and stays in the
+    lesion's hemisphere.
+    T1: dark mass, darker core. T1C+: thick irregular bright ring around a
+    dark core. T2: bright mass and a wide bright oedema halo.
     """
-    radius = rng.uniform(14, 22)
+    radius = rng.uniform(18, 26)
     side = rng.choice((-1, 1))
     depth = tissue.edge_distance()
-    candidates = (
-        (tissue.wm > 0.7) & (depth > radius + 6) & _side_mask(depth.shape, side, 12)
-    )
-    center = _pick_pixel(candidates, rng)
-    tissue = mass_effect(tissue, center, radius, rng.uniform(0.25, 0.4))
+    white = (tissue.wm > 0.6) & _side_mask(depth.shape, side, 0.6 * radius)
+    center = _pick_pixel(_deepest(white, depth, radius + 4), rng)
+    tissue = mass_effect(tissue, center, radius, rng.uniform(0.3, 0.45))
 
     shape = tissue.mask.shape
     oedema = irregular_blob(
-        shape, center, radius * rng.uniform(1.7, 2.3), rng, 0.3, edge=8
+        shape, center, radius * rng.uniform(1.8, 2.4), rng, 0.3, edge=8
     )
-    oedema *= np.clip(tissue.wm + 0.4 * tissue.gm, 0, 1) * tissue.mask
-    mass = irregular_blob(shape, center, radius, rng, 0.22, edge=1.5)
-    core = irregular_blob(shape, center, radius * rng.uniform(0.45, 0.6), rng, 0.3)
+    oedema *= np.clip(tissue.wm + 0.5 * tissue.gm, 0, 1) * tissue.mask
+    oedema *= _side_mask(shape, side, 2.0)
+    mass = irregular_blob(shape, center, radius, rng, 0.32, edge=1.5)
+    core = irregular_blob(shape, center, radius * rng.uniform(0.45, 0.6), rng, 0.35)
     texture = smooth_noise(shape, rng, 2.0)
     layers = [
-        Layer(oedema, {"T1": (0.4, 0.5), "T1C+": (0.4, 0.5), "T2": (0.85, 0.8)}),
+        Layer(oedema, {"T1": (0.42, 0.5), "T1C+": (0.42, 0.5), "T2": (0.88, 0.85)}),
         Layer(
             mass,
             {
-                "T1": (0.38 + 0.1 * texture, 1.0),
-                "T1C+": (0.92 + 0.08 * texture, 1.0),
-                "T2": (0.7 + 0.15 * texture, 1.0),
+                "T1": (0.28 + 0.08 * texture, 1.0),
+                "T1C+": (0.95 + 0.05 * texture, 1.0),
+                "T2": (0.68 + 0.12 * texture, 1.0),
             },
         ),
-        Layer(core, {"T1": (0.18, 1.0), "T1C+": (0.15, 1.0), "T2": (0.92, 1.0)}),
+        Layer(core, {"T1": (0.1, 1.0), "T1C+": (0.1, 1.0), "T2": (0.95, 1.0)}),
     ]
     return tissue, Lesion(layers, mass)
 
@@ -311,14 +325,16 @@ def _surface_point(
 def draw_meningioma(tissue: Tissue, rng: np.random.Generator) -> tuple[Tissue, Lesion]:
     """Dural-based extra-axial lens on the convexity or along the falx.
 
-    Rule: a disc of radius 16-24 px centred 0.15 radii outside the brain
-    surface (convexity, 70 %) or beside the midline (falx, 30 %), kept
-    inside the skull, pushing the cortex away; a thin CSF cleft separates
-    it from the brain and a dural tail runs along the surface in T1C+.
-    T1: iso to slightly hypointense. T1C+: bright, homogeneous. T2: iso to
-    slightly bright with a bright CSF cleft.
+    Rule: a smooth disc of radius 20-28 px centred 0.15 radii outside the
+    brain surface (convexity, 70 %) or on the midline and cut to one side
+    (falx, 30 %), kept inside the skull, pushing the cortex away, so it
+    reads as a half-disc on a broad dural base; a CSF cleft 3 px wide
+    separates it from the brain and a dural tail runs along the surface in
+    T1C+. Homogeneous in every sequence.
+    T1: moderately hypointense, dark cleft. T1C+: bright. T2: moderately
+    bright, very bright cleft.
     """
-    radius = rng.uniform(16, 24)
+    radius = rng.uniform(20, 28)
     shape = tissue.mask.shape
     if rng.uniform() < 0.7:
         surface, inward = _surface_point(tissue, rng)
@@ -346,14 +362,14 @@ def draw_meningioma(tissue: Tissue, rng: np.random.Generator) -> tuple[Tissue, L
     if along_surface is not None:
         mass *= along_surface
     cleft = np.clip(
-        ndimage.maximum_filter(mass, size=5) - mass, 0, 1
+        ndimage.maximum_filter(mass, size=7) - mass, 0, 1
     ) * ndimage.binary_dilation(brain, iterations=1)
     dura = _dural_tail(tissue, center, radius, rng) * (1 - mass)
     layers = [
-        Layer(cleft, {"T1": (0.1, 0.9), "T1C+": (0.1, 0.9), "T2": (0.95, 0.9)}),
+        Layer(cleft, {"T1": (0.05, 1.0), "T1C+": (0.05, 1.0), "T2": (1.0, 1.0)}),
         Layer(
             mass,
-            {"T1": (0.4, 1.0), "T1C+": (0.97, 1.0), "T2": (0.62, 1.0)},
+            {"T1": (0.3, 1.0), "T1C+": (0.97, 1.0), "T2": (0.7, 1.0)},
         ),
         Layer(dura, {"T1": (0.0, 0.0), "T1C+": (0.9, 1.0), "T2": (0.0, 0.0)}),
     ]
@@ -381,30 +397,32 @@ def _dural_tail(
 
 
 def draw_neurocytoma(tissue: Tissue, rng: np.random.Generator) -> tuple[Tissue, Lesion]:
-    """Bubbly intraventricular mass in or beside a lateral ventricle.
+    """Bubbly intraventricular mass that fills and expands a lateral ventricle.
 
-    Rule: centre on ventricular CSF of one side (deep CSF near the
-    midline); radius 12-18 px; 5-9 small cysts inside ("soap bubbles").
-    T1: isointense. T1C+: moderate heterogeneous enhancement. T2:
-    heterogeneous bright with very bright cysts.
+    Rule: centre on ventricular CSF of one side, pulled towards the
+    midline (paramedian); radius 16-22 px; 7-12 round cysts 3.5-6 px in
+    radius inside ("soap bubbles"); the ventricle is pushed outwards.
+    T1: hypointense with darker cysts. T1C+: heterogeneous bright with dark
+    cysts. T2: heterogeneous, moderately bright with very bright cysts.
     """
-    radius = rng.uniform(12, 18)
+    radius = rng.uniform(16, 22)
     depth = tissue.edge_distance()
     cols = np.arange(depth.shape[1])[None, :] - MIDLINE_COLUMN
     ventricle = (tissue.csf > 0.5) & (depth > 18) & (np.abs(cols) < 28)
     side = rng.choice((-1, 1))
     one_side = ventricle & (side * cols >= 0)
-    center = _pick_pixel(one_side if one_side.any() else ventricle, rng)
-    tissue = mass_effect(tissue, center, radius, rng.uniform(0.15, 0.3))
+    row, col = _pick_pixel(one_side if one_side.any() else ventricle, rng)
+    center = (row, MIDLINE_COLUMN + (col - MIDLINE_COLUMN) * rng.uniform(0.4, 0.8))
+    tissue = mass_effect(tissue, center, radius, rng.uniform(0.3, 0.45))
 
     shape = tissue.mask.shape
-    mass = irregular_blob(shape, center, radius, rng, 0.18, edge=1.5)
+    mass = irregular_blob(shape, center, radius, rng, 0.12, edge=1.5)
     mass *= tissue.mask
     cysts = np.zeros(shape, np.float32)
-    for _ in range(rng.integers(5, 10)):
-        offset = rng.uniform(0, 0.7 * radius) * np.exp(1j * rng.uniform(0, 2 * np.pi))
+    for _ in range(rng.integers(7, 13)):
+        offset = rng.uniform(0, 0.75 * radius) * np.exp(1j * rng.uniform(0, 2 * np.pi))
         bubble_center = (center[0] + offset.imag, center[1] + offset.real)
-        bubble = irregular_blob(shape, bubble_center, rng.uniform(2, 4.5), rng, 0.1)
+        bubble = irregular_blob(shape, bubble_center, rng.uniform(3.5, 6), rng, 0.05)
         cysts = np.maximum(cysts, bubble)
     cysts *= mass
     texture = smooth_noise(shape, rng, 1.5)
@@ -412,12 +430,12 @@ def draw_neurocytoma(tissue: Tissue, rng: np.random.Generator) -> tuple[Tissue, 
         Layer(
             mass,
             {
-                "T1": (0.5 + 0.1 * texture, 1.0),
-                "T1C+": (0.7 + 0.3 * texture, 1.0),
-                "T2": (0.55 + 0.3 * texture, 1.0),
+                "T1": (0.32 + 0.08 * texture, 1.0),
+                "T1C+": (0.8 + 0.2 * texture, 1.0),
+                "T2": (0.45 + 0.15 * texture, 1.0),
             },
         ),
-        Layer(cysts, {"T1": (0.25, 1.0), "T1C+": (0.22, 1.0), "T2": (0.97, 1.0)}),
+        Layer(cysts, {"T1": (0.05, 1.0), "T1C+": (0.08, 1.0), "T2": (1.0, 1.0)}),
     ]
     return tissue, Lesion(layers, mass)
 
@@ -474,24 +492,25 @@ def draw_cyst_or_abscess(
     """Round lesion with a fluid centre and a thin smooth rim.
 
     Rule: centre anywhere in brain parenchyma away from the surface; radius
-    10-17 px; almost circular; rim 2-3 px; mild oedema out to 1.4 radii.
-    T1: dark centre. T1C+: thin bright smooth rim. T2: very bright centre,
-    darker rim, mild oedema.
+    14-21 px; circular; uniform rim 3-4 px; homogeneous fluid centre; mild
+    oedema out to 1.35 radii.
+    T1: very dark centre, thin iso rim. T1C+: thin bright smooth rim. T2:
+    very bright centre, dark rim, mild oedema.
     """
-    radius = rng.uniform(10, 17)
+    radius = rng.uniform(14, 21)
     depth = tissue.edge_distance()
-    candidates = (tissue.gm + tissue.wm > 0.7) & (depth > radius + 5)
-    center = _pick_pixel(candidates, rng)
+    parenchyma = tissue.gm + tissue.wm > 0.7
+    center = _pick_pixel(_deepest(parenchyma, depth, radius + 4), rng)
     tissue = mass_effect(tissue, center, radius, rng.uniform(0.2, 0.35))
 
     shape = tissue.mask.shape
-    outline = rng.uniform(0.0, 0.04)
+    outline = rng.uniform(0.0, 0.02)
     # Wall and fluid share one outline seed, so the rim keeps an even width.
     lesion_rng_state = rng.integers(2**32)
     mass = irregular_blob(
         shape, center, radius, np.random.default_rng(lesion_rng_state), outline
     )
-    rim_width = rng.uniform(2, 3)
+    rim_width = rng.uniform(3, 4)
     fluid = irregular_blob(
         shape,
         center,
@@ -499,11 +518,12 @@ def draw_cyst_or_abscess(
         np.random.default_rng(lesion_rng_state),
         outline,
     )
-    oedema = irregular_blob(shape, center, radius * 1.4, rng, 0.1, edge=5) * tissue.mask
+    oedema = irregular_blob(shape, center, radius * 1.35, rng, 0.1, edge=5)
+    oedema *= tissue.mask
     layers = [
         Layer(oedema, {"T1": (0.4, 0.25), "T1C+": (0.4, 0.25), "T2": (0.8, 0.5)}),
-        Layer(mass, {"T1": (0.55, 1.0), "T1C+": (1.0, 1.0), "T2": (0.35, 1.0)}),
-        Layer(fluid, {"T1": (0.1, 1.0), "T1C+": (0.1, 1.0), "T2": (1.0, 1.0)}),
+        Layer(mass, {"T1": (0.5, 1.0), "T1C+": (1.0, 1.0), "T2": (0.2, 1.0)}),
+        Layer(fluid, {"T1": (0.04, 1.0), "T1C+": (0.04, 1.0), "T2": (1.0, 1.0)}),
     ]
     return tissue, Lesion(layers, mass)
 
@@ -524,8 +544,8 @@ LESION_RULES = {
 # Tissue intensities per sequence, before scaling: T1 white > grey > CSF,
 # T2 the reverse ("fluid bright").
 TISSUE_CONTRAST = {
-    "T1": {"wm": 0.75, "gm": 0.48, "csf": 0.1, "scalp": 0.55},
-    "T1C+": {"wm": 0.75, "gm": 0.48, "csf": 0.1, "scalp": 0.55},
+    "T1": {"wm": 0.7, "gm": 0.46, "csf": 0.1, "scalp": 0.5},
+    "T1C+": {"wm": 0.7, "gm": 0.46, "csf": 0.1, "scalp": 0.5},
     "T2": {"wm": 0.32, "gm": 0.5, "csf": 0.95, "scalp": 0.35},
 }
 
@@ -602,7 +622,7 @@ def paint_lesion(image: np.ndarray, lesion: Lesion, sequence: str) -> np.ndarray
 
 
 def _output_shape(rng: np.random.Generator) -> tuple[int, int]:
-    """Square side 160-224 px; about 1 in 7 is cropped to a non-square."""
+    """Square side 112-144 px; about 1 in 7 is cropped to a non-square."""
     side = int(rng.integers(OUTPUT_SIDES[0], OUTPUT_SIDES[1] + 1))
     if rng.uniform() > 0.15:
         return side, side
@@ -623,7 +643,7 @@ def resample(
     """
     brain_rows, brain_cols = np.nonzero(image > 0.05)
     centre = np.array([brain_rows.mean(), brain_cols.mean()]) + rng.uniform(-5, 5, 2)
-    field_of_view = rng.uniform(215, 245)  # mm across the longer side.
+    field_of_view = rng.uniform(200, 230)  # mm across the longer side.
     scale = field_of_view / max(output_shape)
     angle = np.deg2rad(rng.uniform(-10, 10))
     rotation = np.array(
@@ -657,7 +677,7 @@ def acquire(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
     # Rician noise: magnitude of a complex signal with Gaussian noise on
     # both channels, so the background is dim noise rather than pure black.
-    sigma = rng.uniform(0.0025, 0.009)
+    sigma = rng.uniform(0.0015, 0.005)
     real = image + sigma * rng.standard_normal(image.shape)
     imag = sigma * rng.standard_normal(image.shape)
     image = np.hypot(real, imag)
@@ -759,7 +779,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("data/demo"))
-    parser.add_argument("--per-class", type=int, default=60)
+    parser.add_argument("--per-class", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.per_class < 1:
