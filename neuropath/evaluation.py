@@ -294,28 +294,14 @@ def evaluate_run(
     Returns:
         The report and the report folder.
     """
-    import yaml
+    from neuropath.run_folder import open_run
 
-    from neuropath.dataset import read_manifest
-    from neuropathology_model import NeuropathologyClassifier
-
-    run_dir = Path(run_dir)
-    for name in ("model.keras", "split_manifest.csv", "config.yaml"):
-        if not (run_dir / name).is_file():
-            raise FileNotFoundError(
-                f"{str(run_dir)!r} is not a finished run folder: {name} is missing."
-            )
-    classifier = NeuropathologyClassifier.load(run_dir / "model.keras")
-    config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
-    root = Path(data_dir or config["data"]["data_dir"])
-    test = [
-        r
-        for r in read_manifest(run_dir / "split_manifest.csv", classifier.class_names)
-        if r.split == "test"
-    ]
-    out_dir = Path(out_dir or run_dir / "evaluation")
-    provenance = {"model": str(run_dir / "model.keras"), "run_dir": str(run_dir)}
-    report = evaluate_records(classifier, test, root, out_dir, batch_size, provenance)
+    run = open_run(run_dir, data_dir)
+    out_dir = Path(out_dir or run.run_dir / "evaluation")
+    provenance = {"model": str(run.run_dir / "model.keras"), "run_dir": str(run_dir)}
+    report = evaluate_records(
+        run.classifier, run.split("test"), run.data_dir, out_dir, batch_size, provenance
+    )
     return report, out_dir
 
 

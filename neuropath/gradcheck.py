@@ -390,24 +390,19 @@ def gradcheck_run(
         data_dir: where the images are, if they moved since training.
         eps, max_entries, seed: as in `numeric_gradient_errors`.
     """
-    import yaml
-
-    from neuropath.dataset import read_manifest
-    from neuropathology_model import NeuropathologyClassifier
+    from neuropath.run_folder import open_run
 
     _check_options(n_images, eps, max_entries)
-    run_dir = Path(run_dir)
-    for name in ("model.keras", "split_manifest.csv", "config.yaml"):
-        if not (run_dir / name).is_file():
-            raise FileNotFoundError(
-                f"{str(run_dir)!r} is not a finished run folder: {name} is missing."
-            )
-    classifier = NeuropathologyClassifier.load(run_dir / "model.keras")
-    config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
-    root = Path(data_dir or config["data"]["data_dir"])
-    manifest = read_manifest(run_dir / "split_manifest.csv", classifier.class_names)
-    train = [r for r in manifest if r.split == "train"]
-    return _check_images(classifier, train, root, n_images, eps, max_entries, seed)
+    run = open_run(run_dir, data_dir)
+    return _check_images(
+        run.classifier,
+        run.split("train"),
+        run.data_dir,
+        n_images,
+        eps,
+        max_entries,
+        seed,
+    )
 
 
 def gradcheck_model(

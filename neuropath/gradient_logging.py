@@ -656,6 +656,7 @@ class GradientNormLogger(keras.callbacks.Callback):
 
 # The flow plot.
 
+MAX_FLOW_LINES = 8
 MAX_TICK_LABELS = 60
 
 
@@ -683,6 +684,11 @@ def plot_mean_abs_gradients(
     layers += sorted(logged - set(layers))
     if not layers:
         raise ValueError("No layer gradients were logged: nothing to plot.")
+    # Sixty overlapping lines read as one smear: draw an even selection of
+    # epochs, always with the first and the last.
+    if len(records) > MAX_FLOW_LINES:
+        keep = np.unique(np.linspace(0, len(records) - 1, MAX_FLOW_LINES).round())
+        records = [records[int(i)] for i in keep]
     plt = _pyplot()
     width = min(max(8.0, 0.12 * len(layers)), 30.0)
     figure, axes = plt.subplots(figsize=(width, 5.5))
@@ -700,7 +706,7 @@ def plot_mean_abs_gradients(
     axes.set_xlabel("layer, input to output")
     axes.set_ylabel("mean |gradient|")
     axes.set_title("Gradient flow on the probe batch")
-    axes.legend(fontsize=7, ncol=max(1, len(records) // 12))
+    axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     axes.grid(alpha=0.3)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     return _save(figure, Path(path))

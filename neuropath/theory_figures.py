@@ -394,14 +394,18 @@ def plot_gradient_flow(
     names = _short_names(tags)
     steps = sorted({step for points in series.values() for step, _ in points})
     shown = sorted({steps[int(k)] for k in np.linspace(0, len(steps) - 1, 5)})
-    width = max(10.0, 0.35 * len(tags))
-    figure, (left, right) = plt.subplots(1, 2, figsize=(width + 6, 5.5))
+    # A deep backbone logs hundreds of tags: cap the width, thin the labels,
+    # and stack the two panels so each gets the full width.
+    width = min(max(10.0, 0.12 * len(tags)), 24.0)
+    figure, (left, right) = plt.subplots(2, 1, figsize=(width, 10.0))
 
     colours = plt.cm.viridis(np.linspace(0, 0.9, len(shown)))
     for step, colour in zip(shown, colours, strict=True):
         norms = [dict(series[tag]).get(step, np.nan) for tag in tags]
         left.plot(range(len(tags)), norms, "o-", color=colour, label=f"step {step}")
-    left.set_xticks(range(len(tags)), names, rotation=60, ha="right", fontsize=8)
+    ticks = _spread(list(range(len(tags))), 60)
+    left.set_xticks(ticks, [names[k] for k in ticks], rotation=60, ha="right")
+    left.tick_params(axis="x", labelsize=7)
     left.set_yscale("log")
     left.set_xlabel("layer (logged tag)")
     left.set_ylabel("gradient norm")

@@ -45,6 +45,7 @@ from neuropathology_model import NeuropathologyClassifier
 __all__ = [
     "TrainingResult",
     "build_classifier",
+    "make_pipelines",
     "prepare_run_dir",
     "probe_batch",
     "train",
@@ -151,8 +152,17 @@ def _write_unusable(unusable: list[tuple[str, str]], path: Path) -> None:
     logger.warning("%d unusable file(s) listed in %s", len(unusable), path)
 
 
-def _datasets(config: RunConfig, records: list[Record]):
-    """Builds the train, validation and test pipelines."""
+def make_pipelines(config: RunConfig, records: list[Record]):
+    """Builds the training and validation pipelines of a split.
+
+    Args:
+        config: the run's config (data, augmentation, batch size, seed).
+        records: the split records.
+
+    Returns:
+        ``(train_dataset, train_labels, val_dataset)``; the validation dataset
+        is ``None`` when the validation split is empty.
+    """
     root = Path(config.data.data_dir)
     index = {name: i for i, name in enumerate(CLASS_NAMES)}
     augment = config.augment
@@ -340,7 +350,7 @@ def train(config: RunConfig, run_dir: str | Path | None = None) -> TrainingResul
     logger.info("Run folder: %s", run_dir)
 
     records = _split(config, run_dir)
-    train_ds, train_labels, val_ds = _datasets(config, records)
+    train_ds, train_labels, val_ds = make_pipelines(config, records)
     weights = (
         class_weights(train_labels, len(CLASS_NAMES))
         if config.train.class_weights

@@ -29,13 +29,15 @@ from neuropath.classes import CLASS_NAMES  # noqa: E402
 from neuropath.config import load_config  # noqa: E402
 from neuropath.dataset import (  # noqa: E402
     class_weights,
-    make_augmentation,
-    make_dataset,
     scan_dataset,
     split_records,
 )
 from neuropath.gradient_logging import GradientNormLogger  # noqa: E402
-from neuropath.training import build_classifier, probe_batch  # noqa: E402
+from neuropath.training import (  # noqa: E402
+    build_classifier,
+    make_pipelines,
+    probe_batch,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,37 +56,12 @@ class EpochClock(keras.callbacks.Callback):
         self.ends.append(time.perf_counter())
 
 
-def _pipelines(config, records):
-    root = Path(config.data.data_dir)
-    index = {name: i for i, name in enumerate(CLASS_NAMES)}
-    augment = config.augment
-    augmentation = make_augmentation(
-        augment.rotation_degrees, augment.zoom, augment.horizontal_flip, seed=0
-    )
-
-    def pipeline(split, training):
-        chosen = [r for r in records if r.split == split]
-        labels = [index[r.class_name] for r in chosen]
-        dataset = make_dataset(
-            [root / r.path for r in chosen],
-            labels,
-            len(CLASS_NAMES),
-            config.data.image_size,
-            config.train.batch_size,
-            training=training,
-            augmentation=augmentation if training else None,
-            cache="memory",
-        )
-        return dataset, labels
-
-    (train, labels), (val, _) = pipeline("train", True), pipeline("val", False)
-    return train, val, class_weights(labels, len(CLASS_NAMES))
-
-
 def _time_run(config, records, epochs: int, with_logger: bool, log_dir: Path):
     """Seconds of each epoch after the first, and the logger's share of them."""
     keras.utils.set_random_seed(config.train.seed)
-    train, val, weights = _pipelines(config, records)
+    config.data.cache = "memory"
+    train, labels, val = make_pipelines(config, records)
+    weights = class_weights(labels, len(CLASS_NAMES))
     classifier = build_classifier(config)
     classifier.unfreeze_backbone(None, freeze_batchnorm=False)
     classifier.compile(config.train.fine_tune.learning_rate)

@@ -220,6 +220,7 @@ def test_checkpoint_saver_writes_nothing_for_a_nonfinite_epoch(tmp_path):
 
         def save(self, path, extra=None):
             self.saved.append(path.name)
+            path.write_text(f"epoch {extra['epoch']}")
 
     recorder = Recorder()
     saver = CheckpointSaver(recorder, tmp_path)
@@ -228,7 +229,10 @@ def test_checkpoint_saver_writes_nothing_for_a_nonfinite_epoch(tmp_path):
     saver.on_epoch_end(1, {"loss": float("nan"), "val_loss": float("nan")})
     saver.on_epoch_end(2, {"loss": float("inf"), "val_loss": 0.5})
 
-    assert recorder.saved == ["last.keras", "best.keras"]
+    # The model is serialised once; the best checkpoint is a copy of it.
+    assert recorder.saved == ["last.keras"]
+    assert (tmp_path / "last.keras").read_text() == "epoch 1"
+    assert (tmp_path / "best.keras").read_text() == "epoch 1"
     assert saver.best == 0.9 and saver.best_epoch == 1
 
 
