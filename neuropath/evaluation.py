@@ -163,6 +163,10 @@ def write_report_dir(out_dir: str | os.PathLike, files: dict[str, Any]) -> Path:
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    # mkdtemp makes an owner-only folder; a report is meant to be shared.
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)
     try:
         for name, content in files.items():
             target = staging / name

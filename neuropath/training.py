@@ -346,6 +346,8 @@ def train(config: RunConfig, run_dir: str | Path | None = None) -> TrainingResul
     """
     started = time.monotonic()
     keras.utils.set_random_seed(config.train.seed)
+    # The model first: a missing weights file should leave no run folder.
+    classifier = build_classifier(config)
     run_dir = prepare_run_dir(config, run_dir)
     logger.info("Run folder: %s", run_dir)
 
@@ -357,7 +359,6 @@ def train(config: RunConfig, run_dir: str | Path | None = None) -> TrainingResul
         else None
     )
 
-    classifier = build_classifier(config)
     monitor = "val_loss" if val_ds is not None else "loss"
     saver = CheckpointSaver(
         classifier,

@@ -38,6 +38,7 @@ def test_report_folder_is_replaced_whole(tmp_path):
 
     write_report_dir(out, {"report.json": {"accuracy": 0.9}})
     assert json.loads((out / "report.json").read_text()) == {"accuracy": 0.9}
+    assert out.stat().st_mode & 0o055 == 0o055  # others may open it, as usual
     assert not (out / "notes.md").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["evaluation"]
 
