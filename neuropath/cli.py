@@ -201,6 +201,30 @@ def _dispatch(run, args: argparse.Namespace) -> int:
         return 130
 
 
+_SUBCOMMANDS = (
+    ("train", "train a model into a run folder", _add_train_arguments, _run_train),
+    ("evaluate", "evaluate a trained model", _add_evaluate_arguments, _run_evaluate),
+    (
+        "gradcheck",
+        "check the head's gradients on a probe batch",
+        _add_gradcheck_arguments,
+        _run_gradcheck,
+    ),
+    (
+        "figures",
+        "draw the backpropagation figures",
+        _add_figures_arguments,
+        _run_figures,
+    ),
+    (
+        "gradients",
+        "tabulate a run's logged gradient norms and alarms",
+        _add_gradients_arguments,
+        _run_gradients,
+    ),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``neuropath`` argument parser with its subcommands."""
     parser = argparse.ArgumentParser(
@@ -209,25 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
-    train = commands.add_parser("train", help="train a model into a run folder")
-    _add_train_arguments(train)
-    train.set_defaults(run=_run_train)
-    evaluate = commands.add_parser("evaluate", help="evaluate a trained model")
-    _add_evaluate_arguments(evaluate)
-    evaluate.set_defaults(run=_run_evaluate)
-    gradcheck = commands.add_parser(
-        "gradcheck", help="check the head's gradients on a probe batch"
-    )
-    _add_gradcheck_arguments(gradcheck)
-    gradcheck.set_defaults(run=_run_gradcheck)
-    figures = commands.add_parser("figures", help="draw the backpropagation figures")
-    _add_figures_arguments(figures)
-    figures.set_defaults(run=_run_figures)
-    gradients = commands.add_parser(
-        "gradients", help="tabulate a run's logged gradient norms and alarms"
-    )
-    _add_gradients_arguments(gradients)
-    gradients.set_defaults(run=_run_gradients)
+    for name, help_text, add_arguments, run in _SUBCOMMANDS:
+        subcommand = commands.add_parser(name, help=help_text)
+        add_arguments(subcommand)
+        subcommand.set_defaults(run=run)
     return parser
 
 
