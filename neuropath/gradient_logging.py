@@ -677,7 +677,7 @@ def plot_mean_abs_gradients(
     Returns:
         ``path``.
     """
-    from neuropath.theory_figures import _pyplot, _save
+    from neuropath.theory_figures import _pyplot, _save, _spread
 
     logged = {layer for record in records for layer in record.mean_abs}
     layers = [name for name in layer_order if name in logged]
@@ -686,9 +686,7 @@ def plot_mean_abs_gradients(
         raise ValueError("No layer gradients were logged: nothing to plot.")
     # Sixty overlapping lines read as one smear: draw an even selection of
     # epochs, always with the first and the last.
-    if len(records) > MAX_FLOW_LINES:
-        keep = np.unique(np.linspace(0, len(records) - 1, MAX_FLOW_LINES).round())
-        records = [records[int(i)] for i in keep]
+    records = _spread(list(records), MAX_FLOW_LINES)
     plt = _pyplot()
     width = min(max(8.0, 0.12 * len(layers)), 30.0)
     figure, axes = plt.subplots(figsize=(width, 5.5))
@@ -699,8 +697,7 @@ def plot_mean_abs_gradients(
         label = f"epoch {record.epoch} (step {record.step})"
         axes.plot(range(len(layers)), values, marker, color=colour, label=label)
     # Every label of a deep backbone would overlap; show an even selection.
-    every = max(1, math.ceil(len(layers) / MAX_TICK_LABELS))
-    ticks = list(range(0, len(layers), every))
+    ticks = _spread(list(range(len(layers))), MAX_TICK_LABELS)
     axes.set_xticks(ticks, [layers[i] for i in ticks], rotation=90, fontsize=7)
     axes.set_yscale("log")
     axes.set_xlabel("layer, input to output")
