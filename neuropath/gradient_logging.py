@@ -214,9 +214,9 @@ class _ProbeFunction:
 
     def _gradients(self, images, labels, weights, scale) -> list[tf.Tensor]:
         # Keras divides the loss by the replica count inside a tf.distribute
-        # strategy's scope; the probe runs once on the whole batch, so undo it.
-        # Limitation: tested with a one-device MirroredStrategy only; with
-        # several replicas the probe still runs on one device, unsharded.
+        # strategy's scope; the probe runs once, unsharded, on the whole batch
+        # in cross-replica context, so undo it. BatchNorm therefore sees the
+        # whole probe batch, where each replica in training sees its share.
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         # The stateless scope catches every assignment the forward pass makes
         # (BatchNorm moving statistics, dropout seed state, metrics), so the

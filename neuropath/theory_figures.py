@@ -21,7 +21,7 @@ __all__ = [
     "plot_activations",
     "plot_chain_rule",
     "plot_cross_entropy",
-    "plot_gradient_flow",
+    "plot_gradient_norms",
     "plot_softmax",
     "read_gradient_logs",
     "render_figures",
@@ -380,7 +380,7 @@ def _scalar(value) -> float | None:
     return None
 
 
-def plot_gradient_flow(
+def plot_gradient_norms(
     series: dict[str, list[tuple[int, float]]], path: str | os.PathLike
 ) -> Path:
     """Gradient norms per layer at a few steps, and over the steps.
@@ -454,7 +454,8 @@ def render_figures(
     Args:
         out_dir: the folder for the PNG files; created if missing.
         run_dir: a run folder; its gradient logs, if any, give
-            ``gradient_flow.png``.
+            ``gradient_norms.png`` (the run folder's own
+            ``gradient_flow.png`` is drawn by the gradient logger).
 
     Returns:
         ``(written, skipped)``: the files written and, for each figure left
@@ -472,10 +473,10 @@ def render_figures(
             )
         series = read_gradient_logs(run_dir)
         if series:
-            written.append(plot_gradient_flow(series, out_dir / "gradient_flow.png"))
+            written.append(plot_gradient_norms(series, out_dir / "gradient_norms.png"))
         else:
             skipped.append(
-                f"gradient_flow.png: the run {str(run_dir)!r} has no gradient logs "
+                f"gradient_norms.png: the run {str(run_dir)!r} has no gradient logs "
                 "(no TensorBoard scalar tag containing 'grad')"
             )
     for path in written:

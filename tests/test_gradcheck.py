@@ -219,7 +219,7 @@ def test_gradient_logs_are_read_by_tag(tmp_path):
     assert series["gradient_norm/fc1"] == [(0, 0.5), (1, 0.25), (2, 0.125)]
 
 
-def test_figures_command_draws_gradient_flow_only_with_gradient_logs(tmp_path, capsys):
+def test_figures_command_draws_gradient_norms_only_with_gradient_logs(tmp_path, capsys):
     quiet_run = tmp_path / "quiet-run"
     (quiet_run / "logs").mkdir(parents=True)
     assert main(["figures", "--out", str(tmp_path / "a"), "--run", str(quiet_run)]) == 0
@@ -234,5 +234,5 @@ def test_figures_command_draws_gradient_flow_only_with_gradient_logs(tmp_path, c
     _write_scalars(tmp_path / "run" / "logs" / "train", {"grad_norm/fc1": [1, 0.5]})
     written, skipped = render_figures(tmp_path / "b", tmp_path / "run")
     assert skipped == []
-    assert written[-1].name == "gradient_flow.png"
+    assert written[-1].name == "gradient_norms.png"
     assert written[-1].stat().st_size > 10_000

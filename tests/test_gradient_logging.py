@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -359,6 +362,27 @@ def test_under_a_distribution_strategy_the_probe_runs_in_cross_replica_context(
     scalars, _ = _events(tmp_path)
 
     _assert_logged_norms_equal(model, scalars, x[:8], y[:8], step=3)
+
+
+def test_with_two_replicas_the_logged_norms_are_those_of_the_whole_probe_batch(
+    tmp_path,
+):
+    script = Path(__file__).with_name("two_replica_probe.py")
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+
+    assert outcome["replicas"] == 2
+    assert len(outcome["rows"]) == 6
+    for row in outcome["rows"]:
+        assert row["logged"] > 0, row
+        np.testing.assert_allclose(row["logged"], row["direct"], rtol=1e-5)
 
 
 def test_gradient_config_defaults_and_errors():
