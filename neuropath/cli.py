@@ -82,7 +82,9 @@ def _add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="the CSV file to write")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument(
-        "--no-progress", action="store_true", help="hide the progress bar"
+        "--no-progress",
+        action="store_true",
+        help="hide the progress bar (hidden anyway when output is not a terminal)",
     )
 
 
@@ -202,7 +204,8 @@ def _run_predict(args: argparse.Namespace) -> int:
         args.inputs,
         args.out,
         args.batch_size,
-        progress=not args.no_progress,
+        # A progress bar in a redirected output is only escape codes.
+        progress=not args.no_progress and sys.stdout.isatty(),
     )
     failed = sum(1 for p in predictions if p.error)
     print(f"predicted {len(predictions) - failed} of {len(predictions)} file(s)")

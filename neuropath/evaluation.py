@@ -263,6 +263,25 @@ def _predictions_writer(
     return write
 
 
+def _mistake_rows(
+    scored: Sequence[Record],
+    y_true: np.ndarray,
+    probabilities: np.ndarray,
+    class_names: Sequence[str],
+) -> list[dict[str, Any]]:
+    """The `worst_mistakes` as JSON rows: path, classes and probabilities."""
+    return [
+        {
+            "path": scored[i].path,
+            "true_class": scored[i].class_name,
+            "predicted_class": class_names[int(probabilities[i].argmax())],
+            "probability": float(probabilities[i].max()),
+            "true_class_probability": float(probabilities[i, y_true[i]]),
+        }
+        for i in worst_mistakes(y_true, probabilities)
+    ]
+
+
 def _sha256(path: str | os.PathLike) -> str | None:
     path = Path(path)
     if not path.is_file():
@@ -307,6 +326,9 @@ def describe_provenance(
         ``created`` (UTC, ISO 8601) and ``versions``.
     """
     result = {"model": None, "manifest": None, "run_dir": None, **(provenance or {})}
+    for key in ("model", "manifest", "run_dir"):
+        if result[key]:
+            result[key] = str(Path(result[key]).resolve())
     if not result["manifest"] and result["run_dir"]:
         candidate = Path(result["run_dir"]) / "split_manifest.csv"
         result["manifest"] = str(candidate) if candidate.is_file() else None
@@ -314,7 +336,7 @@ def describe_provenance(
     result["manifest_sha256"] = (
         _sha256(result["manifest"]) if result["manifest"] else None
     )
-    result["data_dir"] = str(data_dir)
+    result["data_dir"] = str(Path(data_dir).resolve())
     result["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     result["versions"] = _versions()
     return result
@@ -459,16 +481,7 @@ def evaluate_records(
     report = summarize_predictions(
         y_true, probabilities, class_names, n_resamples=n_resamples, seed=seed
     )
-    report["worst_mistakes"] = [
-        {
-            "path": scored[i].path,
-            "true_class": scored[i].class_name,
-            "predicted_class": class_names[int(probabilities[i].argmax())],
-            "probability": float(probabilities[i].max()),
-            "true_class_probability": float(probabilities[i, y_true[i]]),
-        }
-        for i in worst_mistakes(y_true, probabilities)
-    ]
+    report["worst_mistakes"] = _mistake_rows(scored, y_true, probabilities, class_names)
     report["unreadable_files"] = [records[i].path for i in unreadable]
     report["provenance"] = describe_provenance(provenance, root)
     thumbnails = {
@@ -476,16 +489,17 @@ def evaluate_records(
         for m in report["worst_mistakes"]
     }
 
+    predictions = _predictions_writer(
+        [r.path for r in scored],
+        [r.class_name for r in scored],
+        probabilities,
+        class_names,
+    )
     write_report_dir(
         out_dir,
         {
             "report.json": report,
-            "predictions.csv": _predictions_writer(
-                [r.path for r in scored],
-                [r.class_name for r in scored],
-                probabilities,
-                class_names,
-            ),
+            "predictions.csv": predictions,
             **_figure_writers(report, y_true, probabilities, thumbnails),
             **_page_writers(report, thumbnails),
         },

@@ -373,6 +373,17 @@ def _stratified_resamples(
     return np.concatenate(columns, axis=1)
 
 
+def _confusion_stack(
+    y_true: np.ndarray, y_pred: np.ndarray, n_labels: int
+) -> np.ndarray:
+    """Confusion matrices of each row of labels, shape ``(rows, k, k)``."""
+    rows = y_true.shape[0]
+    # One bincount for all rows: offset each row's codes into its own block.
+    codes = y_true * n_labels + y_pred + np.arange(rows)[:, None] * n_labels**2
+    counts = np.bincount(codes.ravel(), minlength=rows * n_labels**2)
+    return counts.reshape(rows, n_labels, n_labels)
+
+
 def bootstrap_intervals(
     y_true: np.ndarray,
     y_pred: np.ndarray,
@@ -427,14 +438,8 @@ def bootstrap_intervals(
         )
     strata = y_true if strata is None else np.asarray(strata)
 
-    rng = np.random.default_rng(seed)
-    samples = _stratified_resamples(strata, n_resamples, rng)
-    codes = y_true[samples] * n_labels + y_pred[samples]
-    # One bincount for all resamples: offset each row into its own block.
-    offsets = np.arange(n_resamples)[:, None] * n_labels**2
-    matrices = np.bincount(
-        (codes + offsets).ravel(), minlength=n_resamples * n_labels**2
-    ).reshape(n_resamples, n_labels, n_labels)
+    samples = _stratified_resamples(strata, n_resamples, np.random.default_rng(seed))
+    matrices = _confusion_stack(y_true[samples], y_pred[samples], n_labels)
     tail = (1 - confidence) / 2
     intervals = {}
     for name in statistics:

@@ -236,13 +236,17 @@ def plot_reliability(
         edgecolor="white",
         label="accuracy in bin",
     )
-    top.scatter(
-        [b["confidence"] for b in filled],
-        [b["accuracy"] for b in filled],
+    # The gap between each bar and its mean confidence, as in most papers.
+    top.bar(
+        centres,
+        [b["confidence"] - b["accuracy"] for b in filled],
+        bottom=[b["accuracy"] for b in filled],
+        width=width,
         color="#c44e52",
-        zorder=3,
-        s=18,
-        label="mean confidence in bin",
+        alpha=0.25,
+        edgecolor="#c44e52",
+        hatch="//",
+        label="gap to mean confidence",
     )
     top.plot([0, 1], [0, 1], color="black", linestyle="--", label="perfect calibration")
     top.set_ylim(0, 1)
@@ -305,7 +309,15 @@ def plot_f1_by_class(
             continue
         colour = GROUP_COLOURS.get(label.split(" ")[0], "#4c72b0")
         axes.barh(y, score, color=colour, height=0.7)
-        axes.text(score + 0.01, y, f"{score:.2f}  (n={n})", va="center", fontsize=9)
+        axes.text(
+            score + 0.01,
+            y,
+            f"{score:.2f}  (n={n})",
+            va="center",
+            fontsize=9,
+            bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5},
+            zorder=3,
+        )
     axes.axvline(macro_f1, color="black", linestyle="--", linewidth=1)
     axes.text(macro_f1, k - 0.3, f" macro F1 {macro_f1:.2f}", fontsize=9)
     axes.set_yticks(positions, labels)

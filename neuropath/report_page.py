@@ -95,14 +95,14 @@ tr.absent td { color: #71717a; font-style: italic; }
 figure { margin: 18px 0 28px; }
 figure img { max-width: 100%; height: auto; border: 1px solid #e4e4e7; }
 figcaption { color: #52525b; font-size: 0.92em; margin-top: 4px; }
-.views { display: flex; flex-wrap: wrap; gap: 24px; }
-.views > section { flex: 1 1 440px; }
+.view { display: flex; flex-wrap: wrap; gap: 8px 32px; align-items: flex-start; }
+.view figure { margin-top: 10px; }
 .gallery { display: grid; grid-template-columns: repeat(auto-fill,
   minmax(200px, 1fr)); gap: 16px; }
 .card { border: 1px solid #e4e4e7; padding: 8px; font-size: 0.88em; }
 .card img { width: 100%; aspect-ratio: 1; object-fit: contain;
   background: black; }
-.views figure img { max-width: 480px; }
+.view figure img { max-width: 560px; }
 .card .path { color: #71717a; word-break: break-all; font-size: 0.85em; }
 ul.reading li { margin-bottom: 4px; }
 """
@@ -371,8 +371,9 @@ def _views_html(report: Mapping[str, Any], figures: Mapping[str, bytes]) -> str:
         )
         figure = figures.get(f"{view}_confusion.png")
         parts.append(
-            f"<section><h3>{label}: accuracy {_percent(data['accuracy'])} "
-            f"(95% interval {_interval(data.get('accuracy_ci'))})</h3>{table}"
+            f"<h3>{label}: accuracy {_percent(data['accuracy'])} "
+            f"(95% interval {_interval(data.get('accuracy_ci'))})</h3>"
+            f'<div class="view">{table}'
             + (
                 _figure_html(
                     figure,
@@ -382,9 +383,23 @@ def _views_html(report: Mapping[str, Any], figures: Mapping[str, bytes]) -> str:
                 if figure
                 else ""
             )
-            + "</section>"
+            + "</div>"
         )
-    return f'<div class="views">{"".join(parts)}</div>'
+    return "".join(parts)
+
+
+def _class_table_html(report: Mapping[str, Any]) -> str:
+    rows = _class_rows(report)
+    return _html_table(
+        CLASS_HEADER,
+        [
+            [s, *(cells or ["0", "absent from the evaluated images: not scored"])]
+            for _, s, cells in rows
+        ],
+        table_id="classes",
+        numeric=range(1, 6),
+        row_classes=["" if cells else "absent" for _, _, cells in rows],
+    )
 
 
 def _gallery_html(
@@ -451,17 +466,7 @@ def render_html(
     notes = report.get("confidence_intervals", {})
     reading = list(READING_NOTES)
     reading[0] = reading[0].replace("1,000", f"{notes.get('n_resamples', 1000):,}")
-    class_rows = _class_rows(report)
-    class_table = _html_table(
-        CLASS_HEADER,
-        [
-            [s, *(cells or ["0", "absent from the evaluated images: not scored"])]
-            for _, s, cells in class_rows
-        ],
-        table_id="classes",
-        numeric=range(1, 6),
-        row_classes=["" if cells else "absent" for _, _, cells in class_rows],
-    )
+    class_table = _class_table_html(report)
     figure_html = "".join(
         _figure_html(figures[name], title, caption)
         for name, title, caption in FIGURES

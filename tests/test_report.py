@@ -30,8 +30,11 @@ FIGURES = [
 
 @pytest.fixture(scope="module")
 def report_dir(small_model_file, real_sample, tmp_path_factory):
+    """A report on the real slices, written through the command line."""
     out = tmp_path_factory.mktemp("reports") / "real"
-    evaluate_model(small_model_file, real_sample, out, n_resamples=200, seed=1)
+    command = ["evaluate", "--model", str(small_model_file), "--data"]
+    command += [str(real_sample), "--out", str(out), "--bootstrap", "200"]
+    assert main([*command, "--seed", "1"]) == 0
     return out
 
 
@@ -63,6 +66,7 @@ def test_report_json_scores_present_classes_and_records_provenance(
         low, high = report["confidence_intervals"][name]
         assert 0 <= low <= high <= 1
     assert report["confidence_intervals"]["n_resamples"] == 200
+    assert report["confidence_intervals"]["seed"] == 1
     assert report["views"]["pathology"]["absent_groups"] == ["Outros"]
     assert report["views"]["sequence"]["groups"] == ["T1", "T1C+", "T2"]
     assert 1 <= len(report["worst_mistakes"]) <= 12
