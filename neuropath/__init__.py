@@ -2,7 +2,8 @@
 
 The model lives in the top-level module ``neuropathology_model``; this package
 holds the class names, configuration, data pipeline, training, callbacks,
-evaluation and the ``neuropath`` command line.
+evaluation reports, report comparison, batch prediction (DICOM included) and
+the ``neuropath`` command line.
 """
 
 __version__ = "0.1.0"

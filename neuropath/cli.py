@@ -1,8 +1,8 @@
 """The ``neuropath`` command line: thin wrappers that parse and call the library.
 
-Subcommands: ``train``, ``evaluate``, ``gradcheck``, ``figures`` and
-``gradients``. Errors a user can fix are printed as one line and exit with
-status 2.
+Subcommands: ``train``, ``evaluate``, ``compare``, ``predict``,
+``gradcheck``, ``figures`` and ``gradients``. Errors a user can fix are
+printed as one line and exit with status 2.
 """
 
 from __future__ import annotations
@@ -13,7 +13,14 @@ import os
 import sys
 from collections.abc import Sequence
 
-__all__ = ["main", "train_main", "evaluate_main", "gradcheck_main", "gradients_main"]
+__all__ = [
+    "main",
+    "train_main",
+    "evaluate_main",
+    "predict_main",
+    "gradcheck_main",
+    "gradients_main",
+]
 
 EXIT_USAGE = 2
 
@@ -50,6 +57,35 @@ def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--manifest", help="split manifest CSV; its test rows are used")
     parser.add_argument("--out", help="report folder (default RUN_DIR/evaluation)")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="bootstrap resamples for the 95%% intervals (default 1000)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+
+
+def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("report_a", help="a report folder (or its report.json)")
+    parser.add_argument("report_b", help="the report to compare with it")
+
+
+def _add_predict_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="a .keras model saved by neuropath")
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        help="image or DICOM files, folders, or quoted glob patterns",
+    )
+    parser.add_argument("--out", required=True, help="the CSV file to write")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="hide the progress bar (hidden anyway when output is not a terminal)",
+    )
 
 
 def _add_gradcheck_arguments(parser: argparse.ArgumentParser) -> None:
@@ -115,20 +151,69 @@ def _run_train(args: argparse.Namespace) -> int:
 def _run_evaluate(args: argparse.Namespace) -> int:
     from neuropath.evaluation import evaluate_model, evaluate_run
 
+    options = {
+        "batch_size": args.batch_size,
+        "n_resamples": args.bootstrap,
+        "seed": args.seed,
+    }
     if args.run_dir and not args.model:
-        report, out = evaluate_run(args.run_dir, args.out, args.data, args.batch_size)
+        report, out = evaluate_run(args.run_dir, args.out, args.data, **options)
     elif args.model and args.data and not args.run_dir:
         out = args.out or "evaluation"
         report, out = evaluate_model(
-            args.model, args.data, out, args.manifest, args.batch_size
+            args.model, args.data, out, args.manifest, **options
         )
     else:
         raise ValueError(
             "evaluate needs either RUN_DIR, or --model M.keras --data DIR "
             "[--manifest CSV]."
         )
-    print(f"accuracy: {report['accuracy']:.4f} on {report['n_images']} images")
+    low, high = report["confidence_intervals"]["accuracy"]
+    print(
+        f"accuracy: {report['accuracy']:.4f} on {report['n_images']} images "
+        f"(95% CI {low:.4f} to {high:.4f})"
+    )
     print(f"report: {out / 'report.json'}")
+    print(f"page: {out / 'report.html'}")
+    return 0
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from neuropath.comparison import (
+        compare_reports,
+        format_comparison,
+        load_report,
+        shared_images,
+    )
+
+    a, b = load_report(args.report_a), load_report(args.report_b)
+    print(f"A: {args.report_a}")
+    print(f"B: {args.report_b}")
+    print(shared_images(a, b))
+    print()
+    print(format_comparison(compare_reports(a, b)))
+    return 0
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from neuropath.classes import short_name
+    from neuropath.prediction import predict_to_csv, predicted_class_counts
+
+    predictions, class_names = predict_to_csv(
+        args.model,
+        args.inputs,
+        args.out,
+        args.batch_size,
+        # A progress bar in a redirected output is only escape codes.
+        progress=not args.no_progress and sys.stdout.isatty(),
+    )
+    failed = sum(1 for p in predictions if p.error)
+    print(f"predicted {len(predictions) - failed} of {len(predictions)} file(s)")
+    for name, count in predicted_class_counts(predictions, class_names).items():
+        print(f"  {short_name(name):<18} {count:>5}")
+    if failed:
+        print(f"unreadable: {failed} (see the error column)")
+    print(f"predictions: {args.out}")
     return 0
 
 
@@ -205,6 +290,18 @@ _SUBCOMMANDS = (
     ("train", "train a model into a run folder", _add_train_arguments, _run_train),
     ("evaluate", "evaluate a trained model", _add_evaluate_arguments, _run_evaluate),
     (
+        "compare",
+        "compare the metrics of two evaluation reports",
+        _add_compare_arguments,
+        _run_compare,
+    ),
+    (
+        "predict",
+        "predict image or DICOM files into a CSV file",
+        _add_predict_arguments,
+        _run_predict,
+    ),
+    (
         "gradcheck",
         "check the head's gradients on a probe batch",
         _add_gradcheck_arguments,
@@ -255,6 +352,11 @@ def train_main(argv: Sequence[str] | None = None) -> int:
 def evaluate_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``scripts/evaluate.py``: ``neuropath evaluate``."""
     return main(["evaluate", *(sys.argv[1:] if argv is None else argv)])
+
+
+def predict_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``scripts/predict.py``: ``neuropath predict``."""
+    return main(["predict", *(sys.argv[1:] if argv is None else argv)])
 
 
 def gradcheck_main(argv: Sequence[str] | None = None) -> int:

@@ -1,37 +1,52 @@
 """Evaluation of a trained classifier on a labelled set of images.
 
-The *report* folder holds ``report.json`` (accuracy, the per-class precision,
-recall and F1 table, the confusion matrix), ``predictions.csv`` and
-``confusion_matrix.png``. Metrics come from scikit-learn; a class absent from
-the evaluated images is listed as absent rather than scored.
+The *report folder* holds ``report.json`` (every metric, with bootstrap
+intervals and the pathology and sequence views), ``predictions.csv``, the
+figures, ``report.md`` and a self-contained ``report.html``. It is written
+whole or not at all. Metrics come from `neuropath.metrics`; a class absent
+from the evaluated images is listed as absent rather than scored.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import os
+import platform
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
-from sklearn.metrics import accuracy_score, classification_report, confusion_matrix
 
+from neuropath import report_figures as figures
+from neuropath.class_groups import VIEWS, view_metrics
 from neuropath.classes import short_name
 from neuropath.dataset import Record, load_image
+from neuropath.metrics import (
+    DEFAULT_CALIBRATION_BINS,
+    bootstrap_intervals,
+    check_predictions,
+    label_metrics,
+    probability_metrics,
+)
+from neuropath.report_page import FIGURES, read_figures, render_html, render_markdown
 
 __all__ = [
     "classification_metrics",
+    "describe_provenance",
     "evaluate_model",
     "evaluate_records",
     "evaluate_run",
     "predict_records",
+    "summarize_predictions",
+    "worst_mistakes",
     "write_report_dir",
 ]
 
@@ -86,64 +101,99 @@ def classification_metrics(
         class_names: names in output order.
 
     Returns:
-        A JSON-ready dict. ``per_class`` and the macro averages cover only the
-        classes with at least one true example; the others are listed in
-        ``absent_classes``. The confusion matrix spans every class, rows true.
+        The dict of `neuropath.metrics.label_metrics`, with short class names
+        in ``per_class`` and on the confusion matrix.
     """
-    present = sorted(set(int(k) for k in y_true))
-    table = classification_report(
-        y_true,
-        y_pred,
-        labels=present,
-        target_names=[class_names[k] for k in present],
-        output_dict=True,
-        zero_division=0,
+    return label_metrics(
+        y_true, y_pred, class_names, [short_name(name) for name in class_names]
     )
-    per_class = {
-        class_names[k]: {
-            "short_name": short_name(class_names[k]),
-            **{m: float(v) for m, v in table[class_names[k]].items()},
-        }
-        for k in present
-    }
+
+
+def summarize_predictions(
+    y_true: np.ndarray,
+    probabilities: np.ndarray,
+    class_names: Sequence[str],
+    n_resamples: int = 1000,
+    seed: int = 0,
+    n_bins: int = DEFAULT_CALIBRATION_BINS,
+) -> dict[str, Any]:
+    """Every metric of the report, from true classes and probabilities alone.
+
+    Args:
+        y_true: true class indices, shape ``(n,)``.
+        probabilities: class probabilities, shape ``(n, n_classes)``.
+        class_names: names in output order.
+        n_resamples: bootstrap resamples for the 95% intervals; 1,000 by
+            default.
+        seed: the bootstrap seed; 0 by default.
+        n_bins: calibration bins; 15 by default.
+
+    Returns:
+        The JSON-ready metrics of ``report.json``: those of
+        `classification_metrics` (with ``roc_auc`` added per class and to the
+        averages), top-2 and top-3 accuracy, log loss, ``calibration``,
+        ``confidence_intervals`` and the ``views``.
+    """
+    y_true, probabilities = check_predictions(y_true, probabilities, len(class_names))
+    y_pred = probabilities.argmax(axis=1)
+    table = classification_metrics(y_true, y_pred, class_names)
+    scores = probability_metrics(y_true, probabilities, n_bins)
+    for k, auc in scores["roc_auc"]["by_label"].items():
+        table["per_class"][class_names[k]]["roc_auc"] = auc
+    table["macro_avg"]["roc_auc"] = scores["roc_auc"]["macro"]
+    table["weighted_avg"]["roc_auc"] = scores["roc_auc"]["weighted"]
+    intervals = bootstrap_intervals(
+        y_true, y_pred, len(class_names), n_resamples=n_resamples, seed=seed
+    )
     return {
-        "n_images": int(len(y_true)),
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_avg": {m: float(v) for m, v in table["macro avg"].items()},
-        "weighted_avg": {m: float(v) for m, v in table["weighted avg"].items()},
-        "per_class": per_class,
-        "absent_classes": [
-            name for k, name in enumerate(class_names) if k not in present
-        ],
-        "confusion_matrix": {
-            "labels": [short_name(name) for name in class_names],
-            "rows_true_columns_predicted": confusion_matrix(
-                y_true, y_pred, labels=list(range(len(class_names)))
-            ).tolist(),
+        "class_names": list(class_names),
+        **table,
+        "top_2_accuracy": scores["top_2_accuracy"],
+        "top_3_accuracy": scores["top_3_accuracy"],
+        "log_loss": scores["log_loss"],
+        "calibration": {
+            **scores["calibration"],
+            "binning": (
+                f"{n_bins} equal-width bins of the top-1 probability on [0, 1]; "
+                "ECE is the image-weighted mean of |accuracy - mean confidence|"
+            ),
+        },
+        "confidence_intervals": {
+            "level": 0.95,
+            "method": (
+                "percentile bootstrap; images resampled with replacement "
+                "within each true class"
+            ),
+            "n_resamples": n_resamples,
+            "seed": seed,
+            **intervals,
+        },
+        "views": {
+            view: view_metrics(
+                y_true, probabilities, class_names, view, n_resamples, seed
+            )
+            for view in VIEWS
         },
     }
 
 
-def plot_confusion_matrix(
-    matrix: np.ndarray, labels: Sequence[str], path: Path
-) -> None:
-    """Draws a confusion matrix of counts with short class names."""
-    import matplotlib
+def worst_mistakes(
+    y_true: np.ndarray, probabilities: np.ndarray, n: int = 12
+) -> np.ndarray:
+    """Indices of the ``n`` wrong predictions made with the highest probability.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import ConfusionMatrixDisplay
+    Args:
+        y_true: true class indices, shape ``(n_images,)``.
+        probabilities: shape ``(n_images, n_classes)``.
+        n: how many to return at most.
 
-    size = max(6.0, 0.55 * len(labels))
-    figure, axes = plt.subplots(figsize=(size, size * 0.9))
-    display = ConfusionMatrixDisplay(matrix, display_labels=list(labels))
-    display.plot(
-        ax=axes, cmap="Blues", colorbar=False, xticks_rotation=60, values_format="d"
-    )
-    axes.set_title(f"Confusion matrix ({int(matrix.sum())} images)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    Returns:
+        Indices into the images, most confident first.
+    """
+    predicted = probabilities.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != y_true)
+    order = np.argsort(-probabilities[wrong, predicted[wrong]], kind="stable")
+    return wrong[order[:n]]
 
 
 def write_report_dir(out_dir: str | os.PathLike, files: dict[str, Any]) -> Path:
@@ -189,7 +239,12 @@ def write_report_dir(out_dir: str | os.PathLike, files: dict[str, Any]) -> Path:
     return out_dir
 
 
-def _predictions_writer(records, kept, probabilities, class_names):
+def _predictions_writer(
+    paths: Sequence[str],
+    true_classes: Sequence[str],
+    probabilities: np.ndarray,
+    class_names: Sequence[str],
+) -> Callable[[Path], None]:
     def write(path: Path) -> None:
         with open(path, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
@@ -197,18 +252,179 @@ def _predictions_writer(records, kept, probabilities, class_names):
                 ["path", "true_class", "predicted_class", "confidence"]
                 + [short_name(name) for name in class_names]
             )
-            for index, row in zip(kept, probabilities, strict=True):
+            for image, truth, row in zip(
+                paths, true_classes, probabilities, strict=True
+            ):
                 writer.writerow(
-                    [
-                        records[index].path,
-                        records[index].class_name,
-                        class_names[int(np.argmax(row))],
-                        f"{row.max():.6f}",
-                    ]
+                    [image, truth, class_names[int(np.argmax(row))], f"{row.max():.6f}"]
                     + [f"{p:.6f}" for p in row]
                 )
 
     return write
+
+
+def _mistake_rows(
+    scored: Sequence[Record],
+    y_true: np.ndarray,
+    probabilities: np.ndarray,
+    class_names: Sequence[str],
+) -> list[dict[str, Any]]:
+    """The `worst_mistakes` as JSON rows: path, classes and probabilities."""
+    return [
+        {
+            "path": scored[i].path,
+            "true_class": scored[i].class_name,
+            "predicted_class": class_names[int(probabilities[i].argmax())],
+            "probability": float(probabilities[i].max()),
+            "true_class_probability": float(probabilities[i, y_true[i]]),
+        }
+        for i in worst_mistakes(y_true, probabilities)
+    ]
+
+
+def _sha256(path: str | os.PathLike) -> str | None:
+    path = Path(path)
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    import keras
+    import sklearn
+
+    import neuropath
+
+    return {
+        "neuropath": neuropath.__version__,
+        "keras": keras.__version__,
+        "tensorflow": tf.__version__,
+        "scikit-learn": sklearn.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def describe_provenance(
+    provenance: dict[str, Any] | None, data_dir: str | os.PathLike
+) -> dict[str, Any]:
+    """Where a report's model and images came from, with file hashes.
+
+    Args:
+        provenance: any of ``model`` (the model file), ``manifest`` (the split
+            manifest) and ``run_dir``; a run folder's own manifest is used
+            when no manifest is named.
+        data_dir: the image folder.
+
+    Returns:
+        ``provenance`` completed with ``model_sha256``, ``manifest`` and
+        ``manifest_sha256`` (``None`` without a manifest), ``data_dir``,
+        ``created`` (UTC, ISO 8601) and ``versions``.
+    """
+    result = {"model": None, "manifest": None, "run_dir": None, **(provenance or {})}
+    for key in ("model", "manifest", "run_dir"):
+        if result[key]:
+            result[key] = str(Path(result[key]).resolve())
+    if not result["manifest"] and result["run_dir"]:
+        candidate = Path(result["run_dir"]) / "split_manifest.csv"
+        result["manifest"] = str(candidate) if candidate.is_file() else None
+    result["model_sha256"] = _sha256(result["model"]) if result["model"] else None
+    result["manifest_sha256"] = (
+        _sha256(result["manifest"]) if result["manifest"] else None
+    )
+    result["data_dir"] = str(Path(data_dir).resolve())
+    result["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    result["versions"] = _versions()
+    return result
+
+
+def _figure_writers(
+    report: dict[str, Any],
+    y_true: np.ndarray,
+    probabilities: np.ndarray,
+    thumbnails: dict[str, np.ndarray | None],
+) -> dict[str, Callable[[Path], Any]]:
+    """File name to a function drawing that figure."""
+    matrix = np.array(report["confusion_matrix"]["rows_true_columns_predicted"])
+    labels = report["confusion_matrix"]["labels"]
+    names = report["class_names"]
+    calibration = report["calibration"]
+    writers = {
+        "confusion_matrix.png": lambda path: figures.plot_confusion_matrix(
+            matrix, labels, path
+        ),
+        "confusion_matrix_normalized.png": lambda path: figures.plot_confusion_matrix(
+            matrix, labels, path, normalize=True
+        ),
+        "roc_curves.png": lambda path: figures.plot_roc_curves(
+            y_true,
+            probabilities,
+            labels,
+            {
+                k: report["per_class"][name]["roc_auc"]
+                for k, name in enumerate(names)
+                if name in report["per_class"]
+            },
+            path,
+        ),
+        "reliability.png": lambda path: figures.plot_reliability(
+            calibration["bins"], calibration["expected_calibration_error"], path
+        ),
+        "f1_by_class.png": lambda path: figures.plot_f1_by_class(
+            labels,
+            [report["per_class"].get(n, {}).get("f1-score") for n in names],
+            [int(report["per_class"].get(n, {}).get("support", 0)) for n in names],
+            report["macro_avg"]["f1-score"],
+            path,
+        ),
+    }
+    for view, data in report["views"].items():
+        writers[f"{view}_confusion.png"] = lambda path, data=data, view=view: (
+            figures.plot_confusion_matrix(
+                np.array(data["confusion_matrix"]["rows_true_columns_predicted"]),
+                data["groups"],
+                path,
+                normalize=True,
+                noun="group",
+                title=f"{view.capitalize()}: share of each true group "
+                f"(accuracy {100 * data['accuracy']:.1f}%)",
+            )
+        )
+    if report["worst_mistakes"]:
+        writers["mistakes.png"] = lambda path: figures.plot_mistakes(
+            [thumbnails.get(m["path"]) for m in report["worst_mistakes"]],
+            [
+                f"True: {short_name(m['true_class'])}\n"
+                f"Predicted: {short_name(m['predicted_class'])}\n"
+                f"probability {m['probability']:.2f}"
+                for m in report["worst_mistakes"]
+            ],
+            path,
+        )
+    return writers
+
+
+def _page_writers(
+    report: dict[str, Any], thumbnails: dict[str, np.ndarray | None]
+) -> dict[str, Callable[[Path], Any]]:
+    """``report.md`` and ``report.html``, laid out from the figures beside them."""
+    names = [name for name, _, _ in FIGURES] + [
+        f"{view}_confusion.png" for view in report["views"]
+    ]
+
+    def markdown(path: Path) -> None:
+        present = [n for n in [*names, "mistakes.png"] if (path.parent / n).is_file()]
+        path.write_text(render_markdown(report, present), encoding="utf-8")
+
+    def page(path: Path) -> None:
+        html = render_html(report, read_figures(path.parent, names), thumbnails)
+        path.write_text(html, encoding="utf-8")
+
+    return {"report.md": markdown, "report.html": page}
 
 
 def evaluate_records(
@@ -218,6 +434,8 @@ def evaluate_records(
     out_dir: str | os.PathLike,
     batch_size: int = 32,
     provenance: dict[str, Any] | None = None,
+    n_resamples: int = 1000,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Evaluates a classifier on labelled images and writes the report folder.
 
@@ -227,7 +445,11 @@ def evaluate_records(
         root: the data set folder.
         out_dir: the report folder (replaced whole).
         batch_size: images per forward pass.
-        provenance: where the model and data came from, stored in the report.
+        provenance: ``model``, ``manifest`` and ``run_dir`` paths, stored with
+            their hashes (see `describe_provenance`).
+        n_resamples: bootstrap resamples for the 95% intervals; 1,000 by
+            default.
+        seed: the bootstrap seed; 0 by default.
 
     Returns:
         The report as written to ``report.json``.
@@ -243,33 +465,43 @@ def evaluate_records(
         )
 
     kept, probabilities = predict_records(classifier, records, root, batch_size)
-    y_true = np.array([index[records[i].class_name] for i in kept], dtype=int)
-    y_pred = probabilities.argmax(axis=1)
     unreadable = sorted(set(range(len(records))) - set(kept.tolist()))
     if unreadable:
         logger.warning(
             "%d image(s) could not be decoded and were not scored", len(unreadable)
         )
+    if not len(kept):
+        raise ValueError(
+            f"None of the {len(records)} images under {str(root)!r} could be "
+            "decoded; check the folder and the manifest's paths."
+        )
+    scored = [records[i] for i in kept]
+    y_true = np.array([index[r.class_name] for r in scored], dtype=int)
 
-    report = {
-        **classification_metrics(y_true, y_pred, class_names),
-        "unreadable_files": [records[i].path for i in unreadable],
-        "data_dir": str(root),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        **(provenance or {}),
+    report = summarize_predictions(
+        y_true, probabilities, class_names, n_resamples=n_resamples, seed=seed
+    )
+    report["worst_mistakes"] = _mistake_rows(scored, y_true, probabilities, class_names)
+    report["unreadable_files"] = [records[i].path for i in unreadable]
+    report["provenance"] = describe_provenance(provenance, root)
+    thumbnails = {
+        m["path"]: figures.load_thumbnail(Path(root) / m["path"])
+        for m in report["worst_mistakes"]
     }
-    matrix = np.array(report["confusion_matrix"]["rows_true_columns_predicted"])
-    labels = report["confusion_matrix"]["labels"]
+
+    predictions = _predictions_writer(
+        [r.path for r in scored],
+        [r.class_name for r in scored],
+        probabilities,
+        class_names,
+    )
     write_report_dir(
         out_dir,
         {
             "report.json": report,
-            "predictions.csv": _predictions_writer(
-                records, kept, probabilities, class_names
-            ),
-            "confusion_matrix.png": lambda path: plot_confusion_matrix(
-                matrix, labels, path
-            ),
+            "predictions.csv": predictions,
+            **_figure_writers(report, y_true, probabilities, thumbnails),
+            **_page_writers(report, thumbnails),
         },
     )
     logger.info(
@@ -286,6 +518,8 @@ def evaluate_run(
     out_dir: str | os.PathLike | None = None,
     data_dir: str | os.PathLike | None = None,
     batch_size: int = 32,
+    n_resamples: int = 1000,
+    seed: int = 0,
 ) -> tuple[dict[str, Any], Path]:
     """Evaluates a run's final model on the test split of its manifest.
 
@@ -294,6 +528,8 @@ def evaluate_run(
         out_dir: the report folder; ``<run_dir>/evaluation`` by default.
         data_dir: where the images are, if they moved since training.
         batch_size: images per forward pass.
+        n_resamples: bootstrap resamples for the 95% intervals.
+        seed: the bootstrap seed.
 
     Returns:
         The report and the report folder.
@@ -302,9 +538,20 @@ def evaluate_run(
 
     run = open_run(run_dir, data_dir)
     out_dir = Path(out_dir or run.run_dir / "evaluation")
-    provenance = {"model": str(run.run_dir / "model.keras"), "run_dir": str(run_dir)}
+    provenance = {
+        "model": str(run.run_dir / "model.keras"),
+        "manifest": str(run.run_dir / "split_manifest.csv"),
+        "run_dir": str(run_dir),
+    }
     report = evaluate_records(
-        run.classifier, run.split("test"), run.data_dir, out_dir, batch_size, provenance
+        run.classifier,
+        run.split("test"),
+        run.data_dir,
+        out_dir,
+        batch_size,
+        provenance,
+        n_resamples=n_resamples,
+        seed=seed,
     )
     return report, out_dir
 
@@ -315,6 +562,8 @@ def evaluate_model(
     out_dir: str | os.PathLike,
     manifest: str | os.PathLike | None = None,
     batch_size: int = 32,
+    n_resamples: int = 1000,
+    seed: int = 0,
 ) -> tuple[dict[str, Any], Path]:
     """Evaluates a saved model on a data set folder.
 
@@ -325,6 +574,8 @@ def evaluate_model(
         manifest: a split manifest; its test rows are evaluated (all rows if
             it has no test split). Without it, every image in ``data_dir``.
         batch_size: images per forward pass.
+        n_resamples: bootstrap resamples for the 95% intervals.
+        seed: the bootstrap seed.
 
     Returns:
         The report and the report folder.
@@ -344,6 +595,13 @@ def evaluate_model(
         "manifest": str(manifest) if manifest else None,
     }
     report = evaluate_records(
-        classifier, records, data_dir, out_dir, batch_size, provenance
+        classifier,
+        records,
+        data_dir,
+        out_dir,
+        batch_size,
+        provenance,
+        n_resamples=n_resamples,
+        seed=seed,
     )
     return report, Path(out_dir)

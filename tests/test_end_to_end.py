@@ -69,6 +69,8 @@ def test_demo_subset_trains_evaluates_and_fills_the_run_folder(
         "evaluation/report.json",
         "evaluation/confusion_matrix.png",
         "evaluation/predictions.csv",
+        "evaluation/report.html",
+        "evaluation/report.md",
     ]:
         assert (run_dir / name).is_file(), name
     assert list((run_dir / "logs" / "train").glob("events.out.tfevents.*"))
