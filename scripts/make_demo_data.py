@@ -8,7 +8,7 @@ one rule per pathology. The images are phantoms: they
 are NOT patient data and have no diagnostic value.
 
 Usage:
-    python scripts/make_demo_data.py [--out data/demo] [--per-class 100] [--seed 0]
+    python scripts/make_demo_data.py [--out data/demo] [--per-class 150] [--seed 0]
 """
 
 from __future__ import annotations
@@ -59,6 +59,9 @@ SLICE_RANGES = {
 MIDLINE_COLUMN = 98  # x = 0 mm in the symmetric 1 mm template.
 CPA_ROW = 130  # y = -30 mm: cerebellopontine angle, beside the pons.
 OUTPUT_SIDES = (112, 144)  # Range of saved image sides, in pixels.
+# JPEG, as in the public data set; at this quality the block artefacts stay
+# well below the Rician noise.
+JPEG_QUALITY = 90
 CSV_COLUMNS = (
     "path",
     "class_name",
@@ -331,8 +334,8 @@ def draw_meningioma(tissue: Tissue, rng: np.random.Generator) -> tuple[Tissue, L
     reads as a half-disc on a broad dural base; a CSF cleft 3 px wide
     separates it from the brain and a dural tail runs along the surface in
     T1C+. Homogeneous in every sequence.
-    T1: moderately hypointense, dark cleft. T1C+: bright. T2: moderately
-    bright, very bright cleft.
+    T1: hypointense to grey matter, dark cleft. T1C+: bright. T2:
+    moderately bright, very bright cleft.
     """
     radius = rng.uniform(20, 28)
     shape = tissue.mask.shape
@@ -369,7 +372,7 @@ def draw_meningioma(tissue: Tissue, rng: np.random.Generator) -> tuple[Tissue, L
         Layer(cleft, {"T1": (0.05, 1.0), "T1C+": (0.05, 1.0), "T2": (1.0, 1.0)}),
         Layer(
             mass,
-            {"T1": (0.3, 1.0), "T1C+": (0.97, 1.0), "T2": (0.7, 1.0)},
+            {"T1": (0.22, 1.0), "T1C+": (0.97, 1.0), "T2": (0.7, 1.0)},
         ),
         Layer(dura, {"T1": (0.0, 0.0), "T1C+": (0.9, 1.0), "T2": (0.0, 0.0)}),
     ]
@@ -400,10 +403,12 @@ def draw_neurocytoma(tissue: Tissue, rng: np.random.Generator) -> tuple[Tissue, 
     """Bubbly intraventricular mass that fills and expands a lateral ventricle.
 
     Rule: centre on ventricular CSF of one side, pulled towards the
-    midline (paramedian); radius 16-22 px; 7-12 round cysts 3.5-6 px in
-    radius inside ("soap bubbles"); the ventricle is pushed outwards.
-    T1: hypointense with darker cysts. T1C+: heterogeneous bright with dark
-    cysts. T2: heterogeneous, moderately bright with very bright cysts.
+    midline (paramedian); radius 16-22 px; 5-9 round cysts 2.5-4.5 px in
+    radius inside ("soap bubbles") that leave most of the mass solid; the
+    ventricle is pushed outwards.
+    T1: hypointense with darker cysts. T1C+: heterogeneous bright solid
+    part with dark cysts. T2: heterogeneous, moderately bright with very
+    bright cysts.
     """
     radius = rng.uniform(16, 22)
     depth = tissue.edge_distance()
@@ -419,10 +424,10 @@ def draw_neurocytoma(tissue: Tissue, rng: np.random.Generator) -> tuple[Tissue, 
     mass = irregular_blob(shape, center, radius, rng, 0.12, edge=1.5)
     mass *= tissue.mask
     cysts = np.zeros(shape, np.float32)
-    for _ in range(rng.integers(7, 13)):
+    for _ in range(rng.integers(5, 10)):
         offset = rng.uniform(0, 0.75 * radius) * np.exp(1j * rng.uniform(0, 2 * np.pi))
         bubble_center = (center[0] + offset.imag, center[1] + offset.real)
-        bubble = irregular_blob(shape, bubble_center, rng.uniform(3.5, 6), rng, 0.05)
+        bubble = irregular_blob(shape, bubble_center, rng.uniform(2.5, 4.5), rng, 0.05)
         cysts = np.maximum(cysts, bubble)
     cysts *= mass
     texture = smooth_noise(shape, rng, 1.5)
@@ -431,7 +436,7 @@ def draw_neurocytoma(tissue: Tissue, rng: np.random.Generator) -> tuple[Tissue, 
             mass,
             {
                 "T1": (0.32 + 0.08 * texture, 1.0),
-                "T1C+": (0.8 + 0.2 * texture, 1.0),
+                "T1C+": (0.85 + 0.15 * texture, 1.0),
                 "T2": (0.45 + 0.15 * texture, 1.0),
             },
         ),
@@ -755,8 +760,8 @@ def write_class(
     for index in range(1, per_class + 1):
         this_seed = image_seed(seed, spec.name, index)
         picture, box, slice_index = make_image(spec, template, this_seed)
-        file_name = f"demo_{index:04d}.png"
-        picture.save(folder / file_name, optimize=True)
+        file_name = f"demo_{index:04d}.jpg"
+        picture.save(folder / file_name, quality=JPEG_QUALITY, optimize=True)
         x0, y0, x1, y1 = box if box is not None else ("", "", "", "")
         rows.append(
             {
@@ -779,7 +784,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("data/demo"))
-    parser.add_argument("--per-class", type=int, default=100)
+    parser.add_argument("--per-class", type=int, default=150)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.per_class < 1:

@@ -31,7 +31,7 @@ def demo_subset(tmp_path_factory) -> Path:
     target = tmp_path_factory.mktemp("demo-subset")
     for folder in sorted(p for p in DEMO_DIR.iterdir() if p.is_dir()):
         (target / folder.name).mkdir()
-        for path in sorted(folder.glob("*.png"))[:6]:
+        for path in sorted(folder.glob("*.jpg"))[:6]:
             shutil.copy(path, target / folder.name / path.name)
     return target
 
