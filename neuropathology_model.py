@@ -167,6 +167,11 @@ class NeuropathologyClassifier:
             follow a backbone trained from scratch; ``None`` keeps Keras'.
         backbone_options: extra keyword arguments for the backbone
             constructor, such as ``{"alpha": 0.35}`` for MobileNetV2.
+        test_time_flip: average each prediction with that of the left-right
+            mirror image; ``False`` by default. Axial slices are close to
+            mirror-symmetric and lesions occur on either side, so a model
+            trained with horizontal flips sees both as the same class; the
+            average cancels part of its left-right noise.
 
     Example:
 
@@ -185,6 +190,7 @@ class NeuropathologyClassifier:
         dropout_rates: Sequence[float] = (0.5, 0.3),
         batchnorm_momentum: float | None = None,
         backbone_options: dict[str, Any] | None = None,
+        test_time_flip: bool = False,
     ):
         spec = _check_backbone(backbone)
         if len(dense_units) != 2 or len(dropout_rates) != 2:
@@ -200,6 +206,7 @@ class NeuropathologyClassifier:
             "dropout_rates": [float(r) for r in dropout_rates],
             "batchnorm_momentum": batchnorm_momentum,
             "backbone_options": dict(backbone_options or {}),
+            "test_time_flip": bool(test_time_flip),
         }
         self.backbone = _load_backbone(
             spec, weights, (image_size, image_size, 3), dict(backbone_options or {})
@@ -284,16 +291,40 @@ class NeuropathologyClassifier:
         )
 
     def predict(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-        """Class probabilities for raw images.
+        """Class probabilities for raw images, in batches.
 
         Args:
-            images: RGB pixels in 0-255, shape ``(batch, size, size, 3)``.
+            images: RGB pixels in 0-255, shape ``(n, size, size, 3)``.
             batch_size: images per forward pass.
+
+        Returns:
+            Probabilities of shape ``(n, len(class_names))``, averaged over
+            each image and its mirror image when ``test_time_flip`` is set.
+        """
+        images = np.asarray(images, dtype=np.float32)
+        return np.concatenate(
+            [
+                self.probabilities(images[start : start + batch_size])
+                for start in range(0, len(images), batch_size)
+            ]
+            or [np.zeros((0, len(self.class_names)), np.float32)]
+        )
+
+    def probabilities(self, images) -> np.ndarray:
+        """Class probabilities of one batch, as every prediction is made.
+
+        Args:
+            images: RGB pixels in 0-255, an array or tensor of shape
+                ``(batch, size, size, 3)``.
 
         Returns:
             Probabilities of shape ``(batch, len(class_names))``.
         """
-        return self.model.predict(images, batch_size=batch_size, verbose=0)
+        probabilities = self.model(images, training=False)
+        if self.settings.get("test_time_flip", False):
+            mirrored = self.model(keras.ops.flip(images, axis=2), training=False)
+            probabilities = (probabilities + mirrored) / 2.0
+        return keras.ops.convert_to_numpy(probabilities)
 
     def metadata(self) -> dict[str, Any]:
         """What is stored beside the weights: class names, settings, versions."""

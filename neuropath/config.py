@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,7 @@ class ModelConfig:
     dropout_rates: list[float] = dataclasses.field(default_factory=lambda: [0.5, 0.3])
     batchnorm_momentum: float | None = None
     backbone_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    test_time_flip: bool = True
 
 
 @dataclasses.dataclass
@@ -204,6 +206,17 @@ def _check_config(config: RunConfig) -> None:
         raise ValueError(
             "train.frozen.epochs and train.fine_tune.epochs are both 0: "
             "nothing to train. Give either stage at least one epoch."
+        )
+    if config.model.test_time_flip and not (
+        config.augment.enabled and config.augment.horizontal_flip
+    ):
+        warnings.warn(
+            "model.test_time_flip averages each prediction with the mirror "
+            "image's, but training does not flip images "
+            "(augment.horizontal_flip); set model.test_time_flip=false unless "
+            "the classes are known to be left-right symmetric.",
+            UserWarning,
+            stacklevel=3,
         )
     _check_gradients(config.gradients)
 

@@ -83,7 +83,7 @@ def predict_records(
     )
     kept, probabilities = [], []
     for images, indices in dataset:
-        probabilities.append(classifier.model(images, training=False).numpy())
+        probabilities.append(classifier.probabilities(images))
         kept.append(indices.numpy())
     if not kept:
         return np.zeros(0, int), np.zeros((0, len(classifier.class_names)))

@@ -180,9 +180,7 @@ def predict_files(
             loaded = list(pool.map(lambda p: _try_read(p, size), chunk))
             images = [image for image, _ in loaded if image is not None]
             probabilities = iter(
-                classifier.model(np.stack(images), training=False).numpy()
-                if images
-                else []
+                classifier.probabilities(np.stack(images)) if images else []
             )
             for path, (image, error) in zip(chunk, loaded, strict=True):
                 row = next(probabilities) if image is not None else None

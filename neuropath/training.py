@@ -85,6 +85,7 @@ def build_classifier(config: RunConfig) -> NeuropathologyClassifier:
         dropout_rates=model.dropout_rates,
         batchnorm_momentum=model.batchnorm_momentum,
         backbone_options=model.backbone_options,
+        test_time_flip=model.test_time_flip,
     )
 
 

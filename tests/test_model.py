@@ -184,3 +184,45 @@ def test_imagenet_offline_fails_with_one_actionable_message(monkeypatch, tmp_pat
     message = str(info.value)
     assert "model.weights=PATH" in message and "model.weights=null" in message
     assert info.value.__cause__ is None
+
+
+def test_test_time_flip_averages_the_image_and_its_mirror(tmp_path):
+    flipping = NeuropathologyClassifier(
+        weights=None, image_size=SIZE, test_time_flip=True
+    )
+    path = flipping.save(tmp_path / "flip.keras")
+    loaded = NeuropathologyClassifier.load(path)
+    assert loaded.settings["test_time_flip"] is True
+
+    # A fresh MobileNetV2 predicts about 1/17 for any image, mirrored or not;
+    # a dense layer on the raw pixels tells an image from its mirror image.
+    loaded.model = keras.Sequential(
+        [
+            keras.Input((SIZE, SIZE, 3)),
+            keras.layers.Rescaling(1 / 255),
+            keras.layers.Flatten(),
+            keras.layers.Dense(17, activation="softmax", kernel_initializer="he_normal"),
+        ]
+    )
+    images = _images(5, seed=3)
+    plain = loaded.model.predict(images, verbose=0)
+    mirrored = loaded.model.predict(images[:, :, ::-1, :].copy(), verbose=0)
+    assert not np.allclose(plain, mirrored, atol=1e-3)
+    expected = (plain + mirrored) / 2
+    np.testing.assert_allclose(loaded.probabilities(images), expected, rtol=1e-5)
+    np.testing.assert_allclose(loaded.predict(images, batch_size=2), expected, 1e-5)
+
+    # A mirror-symmetric image is left as it is.
+    half = SIZE // 2
+    symmetric = np.concatenate([images[:, :, :half], images[:, :, half - 1 :: -1]], 2)
+    np.testing.assert_allclose(
+        loaded.predict(symmetric), loaded.model.predict(symmetric, verbose=0), 1e-5
+    )
+
+
+def test_without_test_time_flip_predictions_are_the_model_outputs(classifier):
+    images = _images(3, seed=4)
+    assert classifier.settings["test_time_flip"] is False
+    np.testing.assert_allclose(
+        classifier.predict(images), classifier.model.predict(images, verbose=0), 1e-5
+    )
