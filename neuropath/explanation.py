@@ -198,20 +198,31 @@ def render_figure(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (left, right) = plt.subplots(1, 2, figsize=(8.4, 4.6))
-    left.imshow(np.asarray(image, dtype=np.uint8).mean(axis=-1), cmap="gray")
+    height, width = heatmap.shape
+    side = 3.6  # inches per panel along the longer image side
+    panel = (side * width / max(height, width), side * height / max(height, width))
+    figure, (left, right, bar) = plt.subplots(
+        1,
+        3,
+        figsize=(2 * panel[0] + 0.9, panel[1] + 1.1),
+        width_ratios=[panel[0], panel[0], 0.12],
+        layout="constrained",
+    )
+    grey = np.asarray(image, dtype=np.float32)
+    grey = grey.mean(axis=-1) if grey.ndim == 3 else grey
+    left.imshow(grey, cmap="gray", vmin=0, vmax=255)
     left.set_title("Slice", fontsize=10)
     right.imshow(overlay(image, heatmap, alpha))
-    # The overlay is plain RGB: the colour bar needs its own 0-1 mappable.
-    scale = plt.cm.ScalarMappable(cmap=COLOUR_MAP, norm=plt.Normalize(0, 1))
-    figure.colorbar(scale, ax=right, fraction=0.046, pad=0.04, label="Grad-CAM")
     right.set_title(
         f"Evidence for {short_name(explanation.explained_class)}", fontsize=10
     )
     for axes in (left, right):
         axes.axis("off")
+    # The overlay is plain RGB: the colour bar needs its own 0-1 mappable.
+    scale = plt.cm.ScalarMappable(cmap=COLOUR_MAP, norm=plt.Normalize(0, 1))
+    figure.colorbar(scale, cax=bar, label="Grad-CAM")
     figure.suptitle(Path(explanation.path).name, fontsize=10)
-    figure.text(0.5, 0.03, _caption(explanation.top_classes), ha="center", fontsize=10)
+    figure.supxlabel(_caption(explanation.top_classes), fontsize=10)
     figure.savefig(path, dpi=DPI, bbox_inches="tight", facecolor="white")
     plt.close(figure)
     return Path(path)

@@ -377,8 +377,10 @@ def plot_mistakes(
             for image, extra in zip(thumbnails, overlays, strict=True)
         ]
     rows = max(1, -(-len(thumbnails) // columns))
+    # Side-by-side pairs are twice as wide, so each row needs less height.
+    row_height = 3.6 if overlays is None else 2.5
     figure, grid = plt.subplots(
-        rows, columns, figsize=(3.1 * columns, 3.6 * rows + 0.5), squeeze=False
+        rows, columns, figsize=(3.1 * columns, row_height * rows + 0.5), squeeze=False
     )
     for axes in grid.flat:
         axes.axis("off")
