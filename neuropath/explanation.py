@@ -374,7 +374,11 @@ def explain_files(
     sanity_result = None
     if sanity and readable:
         sanity_result = model_randomisation_test(
-            classifier, images, layer=cam.layer, batch_size=batch_size
+            classifier,
+            images,
+            layer=cam.layer,
+            batch_size=batch_size,
+            class_indices=result.class_indices,
         )
 
     out_dir = Path(out_dir)

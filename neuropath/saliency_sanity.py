@@ -154,11 +154,12 @@ def model_randomisation_test(
     threshold: float = DEFAULT_THRESHOLD,
     seed: int = 0,
     batch_size: int = 32,
+    class_indices: np.ndarray | None = None,
 ) -> RandomisationResult:
     """Compares each image's heat map before and after randomising the head.
 
-    The maps are computed for the class the trained model predicts, before
-    and after, so that only the weights change.
+    The maps are computed for the same classes before and after, so that only
+    the weights change.
 
     Args:
         classifier: a `NeuropathologyClassifier`.
@@ -169,6 +170,8 @@ def model_randomisation_test(
         threshold: the largest mean correlation that passes; 0.5 by default.
         seed: seed of the random weights.
         batch_size: images per gradient pass.
+        class_indices: the class to explain per image, shape ``(n,)``; the
+            trained model's predicted classes by default.
 
     Returns:
         The per-image correlations and the verdict.
@@ -182,7 +185,11 @@ def model_randomisation_test(
         def saliency(batch, classes):
             return cam.explain(batch, classes, batch_size).heatmaps
 
-    classes = np.argmax(classifier.predict(images, batch_size), axis=1)
+    classes = (
+        np.argmax(classifier.predict(images, batch_size), axis=1)
+        if class_indices is None
+        else np.broadcast_to(np.asarray(class_indices, dtype=int), len(images))
+    )
     trained = saliency(images, classes)
     with randomised_head(classifier, seed) as names:
         logger.info("Randomised the weights of %s", ", ".join(names))
