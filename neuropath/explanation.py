@@ -313,6 +313,24 @@ def _top_classes(
     return [(class_names[k], float(probabilities[k])) for k in order]
 
 
+def _draw(
+    out_dir: Path,
+    item: Explanation,
+    model_input: np.ndarray,
+    heatmap: np.ndarray,
+    alpha: float,
+) -> None:
+    """Draws one figure on the file at its own size."""
+    try:
+        original = read_original(item.path)
+    except (OSError, ValueError) as err:
+        # The model could read it; fall back to the model's own view of it.
+        logger.warning("Drawing %s at the model's size: %s", item.path, err)
+        original = np.round(model_input).astype(np.uint8)
+    on_original = heatmap_on_original(heatmap, *original.shape[:2])
+    render_figure(out_dir / item.figure, original, on_original, item, alpha)
+
+
 def explain_files(
     model_path: str | os.PathLike,
     inputs: Sequence[str | os.PathLike],
@@ -365,6 +383,8 @@ def explain_files(
             classifier.image_size,
         )
 
+    # Limitation: every readable input is held in memory at once, which suits
+    # the handful of slices one inspects; thousands would need chunking here.
     loaded = [_try_read(p, classifier.image_size) for p in paths]
     readable = [k for k, (image, _) in enumerate(loaded) if image is not None]
     images = np.stack([loaded[k][0] for k in readable]) if readable else None
@@ -393,14 +413,7 @@ def explain_files(
         if sanity_result is not None:
             item.correlation = float(sanity_result.correlations[row])
         item.figure = _figure_name(k + 1, item.path)
-        try:
-            original = read_original(item.path)
-        except (OSError, ValueError) as err:
-            # The model read it; fall back to the model's own view of it.
-            logger.warning("Drawing %s at the model's size: %s", item.path, err)
-            original = np.round(loaded[k][0]).astype(np.uint8)
-        heatmap = heatmap_on_original(result.heatmaps[row], *original.shape[:2])
-        render_figure(out_dir / item.figure, original, heatmap, item, alpha)
+        _draw(out_dir, item, images[row], result.heatmaps[row], alpha)
     write_index(out_dir, explanations, sanity_result)
     return explanations, sanity_result
 
