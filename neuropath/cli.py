@@ -1,6 +1,6 @@
 """The ``neuropath`` command line: thin wrappers that parse and call the library.
 
-Subcommands: ``train``, ``evaluate``, ``compare``, ``predict``,
+Subcommands: ``train``, ``evaluate``, ``compare``, ``predict``, ``explain``,
 ``gradcheck``, ``figures`` and ``gradients``. Errors a user can fix are
 printed as one line and exit with status 2.
 """
@@ -18,6 +18,7 @@ __all__ = [
     "train_main",
     "evaluate_main",
     "predict_main",
+    "explain_main",
     "gradcheck_main",
     "gradients_main",
 ]
@@ -86,6 +87,34 @@ def _add_predict_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="hide the progress bar (hidden anyway when output is not a terminal)",
     )
+
+
+def _add_explain_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="a .keras model saved by neuropath")
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        help="image or DICOM files, folders, or quoted glob patterns",
+    )
+    parser.add_argument("--out", required=True, help="folder for the PNGs and page")
+    parser.add_argument(
+        "--class",
+        dest="class_name",
+        metavar="NAME",
+        help="class to explain, full or short name (default: the predicted one)",
+    )
+    parser.add_argument(
+        "--layer", help="backbone layer to explain (default: its last 4-D layer)"
+    )
+    parser.add_argument(
+        "--alpha", type=float, default=0.4, help="heat map opacity, 0-1 (0.4)"
+    )
+    parser.add_argument(
+        "--sanity",
+        action="store_true",
+        help="also run the model-randomisation check of the heat maps",
+    )
+    parser.add_argument("--batch-size", type=int, default=32)
 
 
 def _add_gradcheck_arguments(parser: argparse.ArgumentParser) -> None:
@@ -217,6 +246,35 @@ def _run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_explain(args: argparse.Namespace) -> int:
+    from neuropath.explanation import explain_files
+
+    explanations, sanity = explain_files(
+        args.model,
+        args.inputs,
+        args.out,
+        class_name=args.class_name,
+        layer=args.layer,
+        alpha=args.alpha,
+        sanity=args.sanity,
+        batch_size=args.batch_size,
+    )
+    failed = sum(1 for e in explanations if e.error)
+    print(f"explained {len(explanations) - failed} of {len(explanations)} file(s)")
+    if failed:
+        print(f"unreadable: {failed} (listed on the page)")
+    if sanity is not None:
+        for item in explanations:
+            if item.correlation is not None:
+                print(f"  rank correlation {item.correlation:+.2f}  {item.path}")
+        print(
+            f"randomisation check {sanity.verdict}: mean rank correlation "
+            f"{sanity.mean:.2f} (threshold {sanity.threshold:.2f})"
+        )
+    print(f"page: {os.path.join(args.out, 'index.html')}")
+    return 0
+
+
 def _run_gradcheck(args: argparse.Namespace) -> int:
     from neuropath.gradcheck import format_table, gradcheck_model, gradcheck_run
 
@@ -302,6 +360,12 @@ _SUBCOMMANDS = (
         _run_predict,
     ),
     (
+        "explain",
+        "draw Grad-CAM heat maps of image or DICOM files",
+        _add_explain_arguments,
+        _run_explain,
+    ),
+    (
         "gradcheck",
         "check the head's gradients on a probe batch",
         _add_gradcheck_arguments,
@@ -357,6 +421,11 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
 def predict_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``scripts/predict.py``: ``neuropath predict``."""
     return main(["predict", *(sys.argv[1:] if argv is None else argv)])
+
+
+def explain_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``scripts/explain.py``: ``neuropath explain``."""
+    return main(["explain", *(sys.argv[1:] if argv is None else argv)])
 
 
 def gradcheck_main(argv: Sequence[str] | None = None) -> int:

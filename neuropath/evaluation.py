@@ -282,6 +282,32 @@ def _mistake_rows(
     ]
 
 
+def _mistake_overlays(
+    classifier,
+    mistakes: Sequence[dict[str, Any]],
+    root: str | os.PathLike,
+    thumbnails: dict[str, np.ndarray | None],
+) -> dict[str, np.ndarray | None]:
+    """Grad-CAM overlays of the predicted class on the mistakes' thumbnails."""
+    from neuropath.explanation import overlay_thumbnails
+
+    if not mistakes:
+        return {}
+    keys = [m["path"] for m in mistakes]
+    try:
+        overlays = overlay_thumbnails(
+            classifier,
+            [Path(root) / key for key in keys],
+            [thumbnails.get(key) for key in keys],
+        )
+    except ValueError as err:
+        # A model not built by NeuropathologyClassifier has no backbone to tap;
+        # the report is still worth writing without the heat maps.
+        logger.warning("Report without Grad-CAM overlays: %s", err)
+        return {}
+    return dict(zip(keys, overlays, strict=True))
+
+
 def _sha256(path: str | os.PathLike) -> str | None:
     path = Path(path)
     if not path.is_file():
@@ -347,6 +373,7 @@ def _figure_writers(
     y_true: np.ndarray,
     probabilities: np.ndarray,
     thumbnails: dict[str, np.ndarray | None],
+    overlays: dict[str, np.ndarray | None] | None = None,
 ) -> dict[str, Callable[[Path], Any]]:
     """File name to a function drawing that figure."""
     matrix = np.array(report["confusion_matrix"]["rows_true_columns_predicted"])
@@ -404,12 +431,17 @@ def _figure_writers(
                 for m in report["worst_mistakes"]
             ],
             path,
+            overlays=[
+                (overlays or {}).get(m["path"]) for m in report["worst_mistakes"]
+            ],
         )
     return writers
 
 
 def _page_writers(
-    report: dict[str, Any], thumbnails: dict[str, np.ndarray | None]
+    report: dict[str, Any],
+    thumbnails: dict[str, np.ndarray | None],
+    overlays: dict[str, np.ndarray | None] | None = None,
 ) -> dict[str, Callable[[Path], Any]]:
     """``report.md`` and ``report.html``, laid out from the figures beside them."""
     names = [name for name, _, _ in FIGURES] + [
@@ -421,7 +453,9 @@ def _page_writers(
         path.write_text(render_markdown(report, present), encoding="utf-8")
 
     def page(path: Path) -> None:
-        html = render_html(report, read_figures(path.parent, names), thumbnails)
+        html = render_html(
+            report, read_figures(path.parent, names), thumbnails, overlays
+        )
         path.write_text(html, encoding="utf-8")
 
     return {"report.md": markdown, "report.html": page}
@@ -488,6 +522,7 @@ def evaluate_records(
         m["path"]: figures.load_thumbnail(Path(root) / m["path"])
         for m in report["worst_mistakes"]
     }
+    overlays = _mistake_overlays(classifier, report["worst_mistakes"], root, thumbnails)
 
     predictions = _predictions_writer(
         [r.path for r in scored],
@@ -500,8 +535,8 @@ def evaluate_records(
         {
             "report.json": report,
             "predictions.csv": predictions,
-            **_figure_writers(report, y_true, probabilities, thumbnails),
-            **_page_writers(report, thumbnails),
+            **_figure_writers(report, y_true, probabilities, thumbnails, overlays),
+            **_page_writers(report, thumbnails, overlays),
         },
     )
     logger.info(

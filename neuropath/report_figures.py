@@ -342,11 +342,20 @@ def load_thumbnail(path: str | os.PathLike, size: int = 160) -> np.ndarray | Non
         return None
 
 
+def _side_by_side(image: np.ndarray | None, extra: np.ndarray | None):
+    """Two RGB images of one height in a row, a white gap between them."""
+    if image is None or extra is None:
+        return image
+    gap = np.full((image.shape[0], max(4, image.shape[1] // 20), 3), 255, np.uint8)
+    return np.concatenate([image, gap, extra], axis=1)
+
+
 def plot_mistakes(
     thumbnails: Sequence[np.ndarray | None],
     captions: Sequence[str],
     path: str | os.PathLike,
     columns: int = 4,
+    overlays: Sequence[np.ndarray | None] | None = None,
 ) -> Path:
     """A gallery of images with a caption under each.
 
@@ -355,14 +364,23 @@ def plot_mistakes(
         captions: one caption per image, lines separated by ``\\n``.
         path: the PNG to write.
         columns: images per row; 4 by default.
+        overlays: a heat map overlay per image, drawn to the right of its
+            thumbnail; ``None`` (or a ``None`` entry) draws the thumbnail alone.
 
     Returns:
         ``path``.
     """
     plt = _pyplot()
+    if overlays is not None:
+        thumbnails = [
+            _side_by_side(image, extra)
+            for image, extra in zip(thumbnails, overlays, strict=True)
+        ]
     rows = max(1, -(-len(thumbnails) // columns))
+    # Side-by-side pairs are twice as wide, so each row needs less height.
+    row_height = 3.6 if overlays is None else 2.5
     figure, grid = plt.subplots(
-        rows, columns, figsize=(3.1 * columns, 3.6 * rows + 0.5), squeeze=False
+        rows, columns, figsize=(3.1 * columns, row_height * rows + 0.5), squeeze=False
     )
     for axes in grid.flat:
         axes.axis("off")

@@ -103,6 +103,8 @@ figcaption { color: #52525b; font-size: 0.92em; margin-top: 4px; }
 .card img { width: 100%; aspect-ratio: 1; object-fit: contain;
   background: black; }
 .view figure img { max-width: 560px; }
+.card .pair { display: flex; gap: 4px; }
+.card .pair img { width: 50%; }
 .card .path { color: #71717a; word-break: break-all; font-size: 0.85em; }
 ul.reading li { margin-bottom: 4px; }
 """
@@ -403,7 +405,9 @@ def _class_table_html(report: Mapping[str, Any]) -> str:
 
 
 def _gallery_html(
-    report: Mapping[str, Any], thumbnails: Mapping[str, np.ndarray | None]
+    report: Mapping[str, Any],
+    thumbnails: Mapping[str, np.ndarray | None],
+    overlays: Mapping[str, np.ndarray | None] | None = None,
 ) -> str:
     mistakes = report.get("worst_mistakes", [])
     if not mistakes:
@@ -411,11 +415,19 @@ def _gallery_html(
     cards = []
     for m in mistakes:
         image = thumbnails.get(m["path"])
+        heat = (overlays or {}).get(m["path"])
         picture = (
             f'<img src="{_data_uri(_png_bytes(image))}" alt="{_e(m["path"])}">'
             if image is not None
             else "<p>(image unreadable)</p>"
         )
+        if heat is not None:
+            picture = (
+                f'<div class="pair">{picture}<img src="'
+                f'{_data_uri(_png_bytes(heat))}" alt="Grad-CAM of '
+                f'{_e(m["path"])}" title="Grad-CAM heat map of the predicted '
+                'class"></div>'
+            )
         cards.append(
             f'<div class="card">{picture}'
             f"<div><strong>True:</strong> {_e(short_name(m['true_class']))}</div>"
@@ -450,6 +462,7 @@ def render_html(
     report: Mapping[str, Any],
     figures: Mapping[str, bytes],
     thumbnails: Mapping[str, np.ndarray | None] | None = None,
+    overlays: Mapping[str, np.ndarray | None] | None = None,
 ) -> str:
     """The report as one self-contained HTML page.
 
@@ -458,6 +471,7 @@ def render_html(
         figures: PNG bytes by file name (`FIGURES` and the views'
             ``pathology_confusion.png`` and ``sequence_confusion.png``).
         thumbnails: RGB thumbnails of the worst mistakes by their ``path``.
+        overlays: their Grad-CAM overlays by ``path``, shown beside them.
 
     Returns:
         The page, UTF-8 text with no external reference.
@@ -517,8 +531,10 @@ pathology for <strong>{
 
 <h2>Most confident mistakes</h2>
 <p class="explain">The wrong predictions made with the highest probability:
-worth a look for label errors, look-alike classes or image problems.</p>
-{_gallery_html(report, thumbnails or {})}
+worth a look for label errors, look-alike classes or image problems. Beside
+each slice, its Grad-CAM heat map (bright = evidence for the predicted class):
+evidence on the skull, a label or the background points to a data problem.</p>
+{_gallery_html(report, thumbnails or {}, overlays)}
 {unreadable_html}
 <h2>Provenance</h2>
 {_html_table(["Item", "Value"], _provenance_rows(report), table_id="provenance")}

@@ -147,8 +147,9 @@ def test_the_page_opens_offline_in_chromium_with_every_figure(report_dir, tmp_pa
     assert re.search(r"\d+\.\d% to \d+\.\d%", summary_text)
     report = _report(report_dir)
     assert len(images["figures"]) == 7  # the five of FIGURES and the two views
-    assert len(images["gallery"]) == len(report["worst_mistakes"])
-    assert n_images == 7 + len(report["worst_mistakes"])
+    # Each mistake shows its thumbnail and its Grad-CAM overlay.
+    assert len(images["gallery"]) == 2 * len(report["worst_mistakes"])
+    assert n_images == 7 + 2 * len(report["worst_mistakes"])
     for alt, complete, width, height, shown in images["figures"] + images["gallery"]:
         assert complete and width > 0 and height > 0 and shown > 0, alt
     assert class_rows == 17
