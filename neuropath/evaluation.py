@@ -299,6 +299,10 @@ def _mistake_overlays(
             classifier,
             [Path(root) / key for key in keys],
             [thumbnails.get(key) for key in keys],
+            class_indices=[
+                list(classifier.class_names).index(m["predicted_class"])
+                for m in mistakes
+            ],
         )
     except ValueError as err:
         # A model not built by NeuropathologyClassifier has no backbone to tap;

@@ -389,7 +389,12 @@ def explain_files(
     readable = [k for k, (image, _) in enumerate(loaded) if image is not None]
     images = np.stack([loaded[k][0] for k in readable]) if readable else None
     logger.info("Explaining %d file(s) with Grad-CAM on %s", len(readable), cam.layer)
-    result = cam.explain(images, chosen, batch_size) if readable else None
+    if readable:
+        # The classes and probabilities shown are those `predict` gives (mirror
+        # averaging included); the map explains the class shown first.
+        probabilities = classifier.predict(images, batch_size)
+        targets = probabilities.argmax(axis=1) if chosen is None else chosen
+        result = cam.explain(images, targets, batch_size)
 
     sanity_result = None
     if sanity and readable:
@@ -408,7 +413,7 @@ def explain_files(
     ]
     for row, k in enumerate(readable):
         item = explanations[k]
-        item.top_classes = _top_classes(result.probabilities[row], names)
+        item.top_classes = _top_classes(probabilities[row], names)
         item.explained_class = names[result.class_indices[row]]
         if sanity_result is not None:
             item.correlation = float(sanity_result.correlations[row])
@@ -424,6 +429,7 @@ def overlay_thumbnails(
     thumbnails: Sequence[np.ndarray | None],
     alpha: float = 0.4,
     batch_size: int = 32,
+    class_indices: Sequence[int] | None = None,
 ) -> list[np.ndarray | None]:
     """Grad-CAM overlays of the predicted class on thumbnails, in one pass.
 
@@ -432,6 +438,8 @@ def overlay_thumbnails(
         paths: the image files.
         thumbnails: one RGB thumbnail per file, in the file's aspect ratio;
             ``None`` for a file without one.
+        class_indices: the class to explain per file, such as the class a
+            report shows as predicted; ``None`` explains the model's top class.
         alpha: opacity of the heat map.
         batch_size: images per gradient pass.
 
@@ -448,8 +456,9 @@ def overlay_thumbnails(
     overlays: list[np.ndarray | None] = [None] * len(loaded)
     if not usable:
         return overlays
+    targets = None if class_indices is None else [class_indices[k] for k in usable]
     result = GradCam(classifier).explain(
-        np.stack([loaded[k] for k in usable]), batch_size=batch_size
+        np.stack([loaded[k] for k in usable]), targets, batch_size=batch_size
     )
     for row, k in enumerate(usable):
         heatmap = heatmap_on_original(result.heatmaps[row], *thumbnails[k].shape[:2])

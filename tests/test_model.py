@@ -201,7 +201,9 @@ def test_test_time_flip_averages_the_image_and_its_mirror(tmp_path):
             keras.Input((SIZE, SIZE, 3)),
             keras.layers.Rescaling(1 / 255),
             keras.layers.Flatten(),
-            keras.layers.Dense(17, activation="softmax", kernel_initializer="he_normal"),
+            keras.layers.Dense(
+                17, activation="softmax", kernel_initializer="he_normal"
+            ),
         ]
     )
     images = _images(5, seed=3)
