@@ -275,14 +275,17 @@ def _split_by_group(
         class_units = by_class[class_name]
         n_images = sum(len(members) for members in class_units)
         n_val, n_test = _held_out_counts(n_images, val_fraction, test_fraction)
-        quota = {"val": n_val, "test": n_test}
-        order = rng.permutation(len(class_units))
+        quota = {"val": n_val, "test": n_test, "train": n_images - n_val - n_test}
+        # Largest groups first, each into the split with the most room left:
+        # a group never overfills a small held-out quota while room remains.
+        order = sorted(
+            rng.permutation(len(class_units)), key=lambda p: -len(class_units[p])
+        )
         splits = []
         for position in order:
             members = class_units[position]
-            split = next((s for s in ("val", "test") if quota[s] > 0), "train")
-            if split != "train":
-                quota[split] -= len(members)
+            split = max(("val", "test", "train"), key=lambda s: quota[s])
+            quota[split] -= len(members)
             splits.append(split)
         if "train" not in splits:
             # Always leave something to train on: the last held-out unit.
