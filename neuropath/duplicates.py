@@ -41,6 +41,9 @@ HASH_SIZE = 16
 # closest two distinct slices were 14 bits apart (18 in the demo data).
 DUPLICATE_DISTANCE = 8
 _CHUNK = 512
+# Bits set in each byte value, for NumPy before 2.0 (no bitwise_count).
+_BITS_SET = np.array([bin(value).count("1") for value in range(256)], np.uint16)
+_popcount = getattr(np, "bitwise_count", _BITS_SET.__getitem__)
 
 
 def perceptual_hash(pixels: np.ndarray) -> np.ndarray:
@@ -109,7 +112,7 @@ def group_near_duplicates(
         block = packed[start : start + _CHUNK]
         # Only pairs (i, j) with j > i: compare the block with what follows it.
         rest = packed[start:]
-        distance = np.bitwise_count(block[:, None, :] ^ rest[None, :, :]).sum(axis=2)
+        distance = _popcount(block[:, None, :] ^ rest[None, :, :]).sum(axis=2)
         rows, cols = np.nonzero(distance <= max_distance)
         for i, j in zip(rows + start, cols + start, strict=True):
             if j > i:
