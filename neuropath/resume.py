@@ -257,6 +257,11 @@ def restore_checkpoint(
         ValueError: the checkpoint's variables do not match the model's.
     """
     saved = keras.saving.load_model(checkpoint, safe_mode=True, compile=with_optimizer)
+    if [v.path for v in saved.weights] != [v.path for v in model.weights]:
+        raise ValueError(
+            f"The weights in {str(checkpoint)!r} do not fit the model the run's "
+            "config.yaml builds; was it edited? Start a new run instead."
+        )
     model.set_weights(saved.get_weights())
     if not with_optimizer:
         return

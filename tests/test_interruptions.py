@@ -213,3 +213,41 @@ def test_a_model_from_an_incompatible_version_names_both_versions(
         "saved with Keras 2.15.0 / TensorFlow 2.15.1; this is Keras "
         f"{keras.__version__} / TensorFlow {tf.__version__}"
     ) in str(raised.value)
+
+
+def test_a_run_stopped_between_stages_resumes_with_the_next_stage(
+    demo_subset, tmp_path, monkeypatch, caplog
+):
+    from neuropath.config import load_config
+    from neuropath.divergence import NonFiniteLossGuard
+    from neuropath.training import resume, train
+
+    config = load_config(
+        DEMO_CONFIG,
+        [f"data.data_dir={demo_subset}", "data.image_size=32", "train.batch_size=16"]
+        + ["train.frozen.epochs=1", "train.fine_tune.epochs=1"]
+        + ["gradients.enabled=false"],
+    )
+    run_dir = tmp_path / "run"
+    original = NonFiniteLossGuard.on_epoch_begin
+
+    def interrupt_second_epoch(self, epoch, logs=None):
+        if epoch == 1:
+            raise KeyboardInterrupt  # Ctrl-C as the fine-tuning stage starts
+        original(self, epoch, logs)
+
+    monkeypatch.setattr(NonFiniteLossGuard, "on_epoch_begin", interrupt_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, run_dir)
+    monkeypatch.setattr(NonFiniteLossGuard, "on_epoch_begin", original)
+    state = json.loads((run_dir / "checkpoints" / "state.json").read_text())
+    assert (state["stage"], state["stage_finished"]) == ("frozen", True)
+    caplog.set_level("INFO", logger="neuropath.training")
+
+    result = resume(run_dir)
+
+    stages = [r.getMessage() for r in caplog.records if "Stage" in r.getMessage()]
+    assert len(stages) == 1 and stages[0].startswith("Stage fine_tune: 1 epoch(s)")
+    assert _epochs(run_dir)[0] == [0, 1]
+    assert read_metadata(result.model_path)["class_names"]
+    assert read_metadata(run_dir / "checkpoints" / "last.keras")["stage"] == "fine_tune"
