@@ -26,6 +26,7 @@ from neuropath.classes import CLASS_NAMES, canonical_class_name, short_name
 from neuropath.image_files import (
     IMAGE_EXTENSIONS,
     display_path,
+    is_hidden,
     iter_class_files,
     read_image,
 )
@@ -139,7 +140,7 @@ def scan_dataset(
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         class_name = canonical_class_name(folder.name)
         if class_name is None or class_name not in wanted:
-            if not folder.name.startswith("."):
+            if not is_hidden(folder.name):
                 unknown.append(folder.name)
             continue
         for path in iter_class_files(folder):
@@ -276,8 +277,8 @@ def _split_by_group(
         n_images = sum(len(members) for members in class_units)
         n_val, n_test = _held_out_counts(n_images, val_fraction, test_fraction)
         quota = {"val": n_val, "test": n_test, "train": n_images - n_val - n_test}
-        # Largest groups first, each into the split with the most room left:
-        # a group never overfills a small held-out quota while room remains.
+        # Largest groups first, each into the split with the most room left,
+        # so that a big group cannot swamp a held-out split of two images.
         order = sorted(
             rng.permutation(len(class_units)), key=lambda p: -len(class_units[p])
         )

@@ -420,9 +420,14 @@ def _prepare_stage(classifier: NeuropathologyClassifier, config: RunConfig, stag
 def _stage_plan(
     config: RunConfig, resume: ResumePoint | None
 ) -> tuple[list[tuple[str, int, float]], int, str | None]:
-    """The stages still to run, the epochs already done in the first of them,
-    and how to restore the checkpoint: ``"optimizer"`` (mid-stage),
-    ``"weights"`` (a new stage) or ``None`` (a new run)."""
+    """Where training starts: a new run's first stage, or a stopped run's.
+
+    Returns:
+        ``(stages, epochs_done_in_first, restore)``: the stages still to run,
+        the epochs already done in the first of them, and what to restore from
+        the checkpoint: ``"optimizer"`` state too (mid-stage), ``"weights"``
+        only (a new stage) or ``None`` (a new run).
+    """
     stages = _stages(config)
     if resume is None:
         return stages, 0, None
@@ -520,6 +525,8 @@ def train(
         saver.best = math.inf if best is None else float(best)
         saver.best_epoch = resume_point.state.get("best_epoch")
         if gradient_logger is not None:
+            # Limitation: gradient_flow.png then shows the resumed epochs only;
+            # storing the flow records with the checkpoint would keep them all.
             gradient_logger.continue_from(resume_point.state.get("gradient_steps", 0))
 
     stages, stage_done, restore = _stage_plan(config, resume_point)
