@@ -20,6 +20,7 @@ import random
 import sys
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
@@ -164,7 +165,10 @@ def select_records(config: RunConfig) -> tuple[list[Record], list[tuple[str, str
         unusable = []
         if data.verify_images:
             root = Path(data.data_dir)
-            problems = [image_problem(root / r.path) for r in records]
+            with ThreadPoolExecutor() as pool:
+                problems = list(
+                    pool.map(image_problem, (root / r.path for r in records))
+                )
             unusable = [
                 (r.path, p) for r, p in zip(records, problems, strict=True) if p
             ]

@@ -16,10 +16,13 @@ import tensorflow as tf
 from conftest import REPO
 from PIL import Image
 
+from neuropath.classes import CLASS_NAMES
 from neuropath.cli import main
+from neuropath.config import load_config
 from neuropath.data_check import check_data
-from neuropath.dataset import load_image, read_manifest, scan_dataset
+from neuropath.dataset import load_image, read_manifest, scan_dataset, write_manifest
 from neuropath.image_files import read_image
+from neuropath.training import select_records
 from neuropathology_model import NeuropathologyClassifier
 
 DEMO_CONFIG = REPO / "configs" / "demo.yaml"
@@ -335,8 +338,6 @@ def test_strict_refuses_to_start_and_leaves_no_run_folder(
 def test_a_model_with_other_classes_is_refused_before_any_work(
     demo_subset, tmp_path, capsys, class_names, message
 ):
-    from neuropath.classes import CLASS_NAMES
-
     names = {
         "reversed": CLASS_NAMES[::-1],
         "sixteen": CLASS_NAMES[:16],
@@ -365,3 +366,21 @@ def test_check_data_finds_everything_in_one_pass(corpus):
     assert len(check.records) == len(usable)
     assert check.problems() == ["7 unusable file(s)"]
     assert check.empty_classes == [] and len(check.absent_classes) == 16
+
+
+def test_a_reused_manifest_is_checked_for_files_broken_since(demo_subset, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(demo_subset, root)
+    first, _ = select_records(load_config(None, [f"data.data_dir={root}"]))
+    manifest = tmp_path / "split_manifest.csv"
+    write_manifest(first, manifest, CLASS_NAMES)
+    broken = root / first[0].path
+    broken.write_bytes(broken.read_bytes()[:200])
+    reuse = [f"data.data_dir={root}", f"data.manifest={manifest}"]
+
+    records, unusable = select_records(load_config(None, reuse))
+
+    assert unusable == [(first[0].path, "truncated JPEG")]
+    assert records == first[1:]
+    with pytest.raises(ValueError, match="1 file\\(s\\) under .* cannot be used"):
+        select_records(load_config(None, [*reuse, "data.strict=true"]))
