@@ -389,12 +389,17 @@ class NeuropathologyClassifier:
         try:
             model = keras.saving.load_model(path, safe_mode=True, compile=False)
         except Exception as err:
+            import tensorflow as tf
+
             saved = metadata.get("versions", {})
+            # Safe mode refuses Lambda layers and other arbitrary code; such a
+            # file is not one neuropath writes, and is not loaded.
             raise ModelFileError(
                 f"Could not load model {str(path)!r}: {err}. It was saved with "
                 f"Keras {saved.get('keras', '?')} / TensorFlow "
                 f"{saved.get('tensorflow', '?')}; this is Keras "
-                f"{keras.__version__}."
+                f"{keras.__version__} / TensorFlow {tf.__version__}. Load it with "
+                "the versions it was saved with, or retrain it with these."
             ) from err
         classifier = cls.__new__(cls)
         classifier.class_names = tuple(metadata["class_names"])

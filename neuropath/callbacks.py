@@ -1,9 +1,9 @@
 """Callbacks that watch training: checkpoints and learning-rate logging.
 
-A *checkpoint* is a full ``.keras`` model with its class names inside, written
-atomically: ``last.keras`` after every epoch, ``best.keras`` whenever the
-monitored validation loss improves; an epoch with a non-finite loss writes
-neither.
+A *checkpoint* is a full ``.keras`` model with its class names, optimizer state
+and training state inside, written atomically: ``last.keras`` after every
+epoch, ``best.keras`` whenever the monitored validation loss improves; an epoch
+with a non-finite loss writes neither.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +40,17 @@ class CheckpointSaver(keras.callbacks.Callback):
     """Saves ``last.keras`` every epoch and ``best.keras`` on improvement.
 
     The best score survives across training stages: pass the same instance to
-    every ``fit`` call. A failed save is logged and training goes on.
+    every ``fit`` call, last in the callback list so that the early-stopping
+    and plateau counters it stores are those of the epoch just ended. A failed
+    save is logged and training goes on.
 
     Args:
         classifier: the `NeuropathologyClassifier` being trained.
         directory: the checkpoint folder.
         monitor: the logged quantity to minimise; ``"val_loss"`` by default.
         extra_metadata: stored in each checkpoint beside the class names.
+        state_provider: called with the 0-based epoch at its end; returns more
+            training state to store, such as the stage's progress.
     """
 
     def __init__(
@@ -54,8 +59,10 @@ class CheckpointSaver(keras.callbacks.Callback):
         directory: str | os.PathLike,
         monitor: str = "val_loss",
         extra_metadata: dict[str, Any] | None = None,
+        state_provider: Callable[[int], dict[str, Any]] | None = None,
     ):
         super().__init__()
+        self.state_provider = state_provider
         self.classifier = classifier
         self.directory = Path(directory)
         self.monitor = monitor
@@ -86,28 +93,40 @@ class CheckpointSaver(keras.callbacks.Callback):
             )
             return
         improved = value is not None and math.isfinite(value) and value < self.best
-        extra = {**self.extra_metadata, "epoch": epoch + 1, "stage": self.stage}
+        best, best_epoch = self.best, self.best_epoch
+        if improved:
+            best, best_epoch = float(value), epoch + 1
+        state = {
+            "epochs_done": epoch + 1,
+            "stage": self.stage,
+            "monitor": self.monitor,
+            "best": best if math.isfinite(best) else None,
+            "best_epoch": best_epoch,
+            **(self.state_provider(epoch) if self.state_provider else {}),
+        }
+        extra = {
+            **self.extra_metadata,
+            "epoch": epoch + 1,
+            "stage": self.stage,
+            "training_state": state,
+        }
         try:
+            # The state travels inside the checkpoint: one atomic file, so a
+            # kill can never pair the weights of one epoch with another's state.
             self.classifier.save(self.last_path, extra=extra)
+            self.best, self.best_epoch = best, best_epoch
             if improved:
-                self.best, self.best_epoch = float(value), epoch + 1
                 # The best model is the one just saved: copying the file costs
                 # milliseconds where a second serialisation costs a second.
                 _copy_atomically(self.last_path, self.best_path)
-            self._write_state(epoch + 1)
+            self._write_state(state)
         except OSError as err:
             logger.warning(
                 "Could not write a checkpoint after epoch %d: %s", epoch + 1, err
             )
 
-    def _write_state(self, epochs_done: int) -> None:
-        state = {
-            "epochs_done": epochs_done,
-            "stage": self.stage,
-            "monitor": self.monitor,
-            "best": self.best if math.isfinite(self.best) else None,
-            "best_epoch": self.best_epoch,
-        }
+    def _write_state(self, state: dict[str, Any]) -> None:
+        """A readable copy of the state stored in ``last.keras``."""
         tmp = self.directory / "state.json.tmp"
         tmp.write_text(json.dumps(state, indent=2))
         os.replace(tmp, self.directory / "state.json")

@@ -1,8 +1,9 @@
 """The ``neuropath`` command line: thin wrappers that parse and call the library.
 
 Subcommands: ``train``, ``evaluate``, ``compare``, ``predict``, ``explain``,
-``gradcheck``, ``figures`` and ``gradients``. Errors a user can fix are
-printed as one line and exit with status 2.
+``gradcheck``, ``figures``, ``gradients`` and ``check-data``. Errors a user can
+fix are printed as one line and exit with status 2; a run whose training
+diverged exits with status 1.
 """
 
 from __future__ import annotations
@@ -40,9 +41,25 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="YAML config file")
+    parser.add_argument("--config", help="YAML config file (required unless --resume)")
     parser.add_argument("--data-dir", help="data set folder (overrides data.data_dir)")
     parser.add_argument("--run-dir", help="run folder (default runs/<name>-<time>)")
+    parser.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue a stopped run from its last completed epoch",
+    )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse to train if any file is unusable (data.strict=true)",
+    )
+    parser.add_argument(
+        "--allow-cross-split-duplicates",
+        action="store_true",
+        help="split near-duplicate images one by one "
+        "(data.allow_cross_split_duplicates=true)",
+    )
     parser.add_argument(
         "overrides",
         nargs="*",
@@ -155,15 +172,39 @@ def _add_gradients_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", help="a run folder from 'train'")
 
 
+def _add_check_data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data_dir", help="a data set folder, one sub-folder per class")
+    parser.add_argument(
+        "--strict", action="store_true", help="exit with status 1 if any problem"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead")
+
+
 def _run_train(args: argparse.Namespace) -> int:
     from neuropath.config import load_config
-    from neuropath.training import train
+    from neuropath.training import resume, train
 
-    overrides = list(args.overrides)
-    if args.data_dir:
-        overrides.append(f"data.data_dir={args.data_dir}")
-    config = load_config(args.config, overrides)
-    result = train(config, args.run_dir)
+    if args.resume:
+        if args.config or args.overrides or args.data_dir or args.run_dir:
+            raise ValueError(
+                "--resume RUN_DIR continues with the run's own config.yaml; drop "
+                "--config, --data-dir, --run-dir and KEY=VALUE overrides."
+            )
+        result = resume(args.resume)
+    else:
+        if not args.config:
+            raise ValueError(
+                "train needs --config FILE (or --resume RUN_DIR to continue a run)."
+            )
+        overrides = list(args.overrides)
+        if args.data_dir:
+            overrides.append(f"data.data_dir={args.data_dir}")
+        if args.strict:
+            overrides.append("data.strict=true")
+        if args.allow_cross_split_duplicates:
+            overrides.append("data.allow_cross_split_duplicates=true")
+        config = load_config(args.config, overrides)
+        result = train(config, args.run_dir)
     print()
     if result.test_accuracy is not None:
         print(f"test accuracy: {result.test_accuracy:.4f}")
@@ -324,12 +365,30 @@ def _run_gradients(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_check_data(args: argparse.Namespace) -> int:
+    from neuropath.data_check import (
+        check_data,
+        format_data_check,
+        format_data_check_json,
+    )
+
+    # The table says what the scan's log lines would: keep the output to it.
+    logging.getLogger("neuropath.dataset").setLevel(logging.ERROR)
+    check = check_data(args.data_dir)
+    print(format_data_check_json(check) if args.json else format_data_check(check))
+    return 1 if args.strict and check.problems() else 0
+
+
 def _dispatch(run, args: argparse.Namespace) -> int:
+    from neuropath.divergence import TrainingDivergedError
     from neuropathology_model import ImageNetWeightsUnavailableError, ModelFileError
 
     _setup_logging(getattr(args, "verbose", False))
     try:
         return run(args)
+    except TrainingDivergedError as err:
+        print(f"neuropath: {err}", file=sys.stderr)
+        return 1
     except (
         ValueError,
         FileNotFoundError,
@@ -382,6 +441,12 @@ _SUBCOMMANDS = (
         "tabulate a run's logged gradient norms and alarms",
         _add_gradients_arguments,
         _run_gradients,
+    ),
+    (
+        "check-data",
+        "list a data folder's images per class, unusable files and duplicates",
+        _add_check_data_arguments,
+        _run_check_data,
     ),
 )
 

@@ -45,6 +45,10 @@ class DataConfig:
         cache: ``"memory"``, a directory for an on-disk cache, or ``None``.
         verify_images: decode every file once before training and leave out
             those that fail.
+        strict: refuse to train when any file is unusable, instead of
+            leaving it out.
+        allow_cross_split_duplicates: split near-duplicate images one by one;
+            by default each duplicate group stays inside one split.
     """
 
     data_dir: str = "data/demo"
@@ -55,6 +59,8 @@ class DataConfig:
     manifest: str | None = None
     cache: str | None = "memory"
     verify_images: bool = True
+    strict: bool = False
+    allow_cross_split_duplicates: bool = False
 
 
 @dataclasses.dataclass

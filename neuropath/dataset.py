@@ -21,9 +21,16 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
-from PIL import Image
 
 from neuropath.classes import CLASS_NAMES, canonical_class_name, short_name
+from neuropath.image_files import (
+    IMAGE_EXTENSIONS,
+    display_path,
+    is_hidden,
+    iter_class_files,
+    read_image,
+)
+from neuropath.image_files import image_problem as _image_problem
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -43,13 +50,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
-)
-# TensorFlow decodes these itself; TIFF goes through Pillow.
-_TF_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
 SPLITS = ("train", "val", "test")
 MANIFEST_COLUMNS = ("path", "class_name", "label", "split")
+# Written by `write_manifest`, optional when reading older manifests.
+GROUP_COLUMN = "duplicate_group"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,11 +64,14 @@ class Record:
         path: the file, relative to the data set folder, with ``/`` separators.
         class_name: its canonical class name.
         split: ``"train"``, ``"val"``, ``"test"`` or ``""`` before splitting.
+        duplicate_group: the near-duplicate group the image belongs to, or
+            ``None`` when it has no near duplicate.
     """
 
     path: str
     class_name: str
     split: str = ""
+    duplicate_group: int | None = None
 
 
 @dataclasses.dataclass
@@ -93,32 +100,13 @@ class DatasetScan:
 def image_problem(path: str | os.PathLike) -> str | None:
     """Why an image file cannot be used, or ``None`` if it decodes.
 
-    Args:
-        path: the image file.
-
-    Returns:
-        A short reason such as ``"empty file"`` or ``"cannot decode: ..."``.
+    See `neuropath.image_files.image_problem`; a file whose name does not end
+    in an image extension is not an image file.
     """
-    path = Path(path)
-    try:
-        if path.stat().st_size == 0:
-            return "empty file"
-        with Image.open(path) as image:
-            image.load()
-    except Exception as err:  # Pillow raises many types for corrupt files.
-        return f"cannot decode: {err}"
-    return None
-
-
-def _class_files(folder: Path) -> list[Path]:
-    """Image files below a class folder, nested folders included."""
-    return sorted(
-        path
-        for path in folder.rglob("*")
-        if path.is_file()
-        and path.suffix.lower() in IMAGE_EXTENSIONS
-        and not path.name.startswith(".")
-    )
+    suffix = Path(path).suffix.lower()
+    if suffix not in IMAGE_EXTENSIONS:
+        return f"not an image file ({suffix or 'no extension'})"
+    return _image_problem(path)
 
 
 def scan_dataset(
@@ -152,14 +140,24 @@ def scan_dataset(
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         class_name = canonical_class_name(folder.name)
         if class_name is None or class_name not in wanted:
-            if not folder.name.startswith("."):
+            if not is_hidden(folder.name):
                 unknown.append(folder.name)
             continue
-        for path in _class_files(folder):
+        for path in iter_class_files(folder):
             candidates.append(Record(path.relative_to(root).as_posix(), class_name))
 
     unusable = []
-    if verify and candidates:
+    if not verify:
+        # Without decoding, a file is still left out for its name alone.
+        unusable = [
+            (r.path, image_problem(root / r.path))
+            for r in candidates
+            if Path(r.path).suffix.lower() not in IMAGE_EXTENSIONS
+        ]
+        candidates = [
+            r for r in candidates if Path(r.path).suffix.lower() in IMAGE_EXTENSIONS
+        ]
+    elif candidates:
         with ThreadPoolExecutor(workers or os.cpu_count()) as pool:
             problems = list(
                 pool.map(image_problem, (root / r.path for r in candidates))
@@ -198,12 +196,10 @@ def _log_scan(scan: DatasetScan, n_classes: int) -> None:
             len(scan.unknown_folders),
             ", ".join(repr(name) for name in scan.unknown_folders),
         )
-    if scan.unusable:
-        logger.warning(
-            "Leaving out %d unreadable file(s), first: %s (%s)",
-            len(scan.unusable),
-            *scan.unusable[0],
-        )
+    # One summary of the unusable files is the caller's: it knows where the
+    # full list goes.
+    for path, reason in scan.unusable:
+        logger.debug("Unusable file %s: %s", display_path(path), reason)
 
 
 def split_records(
@@ -211,23 +207,30 @@ def split_records(
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
     seed: int = 42,
+    keep_duplicates_together: bool = True,
 ) -> list[Record]:
     """Assigns each record to a split, class by class.
 
     Each class is shuffled with ``seed`` and cut at its own proportions, so
     every split keeps the class balance; a class of three or more images has at
-    least one in each held-out split that asks for any.
+    least one in each held-out split that asks for any. Records sharing a
+    ``duplicate_group`` go to one split together, so that a copy of a test
+    image is never trained on.
 
     Args:
         records: the images to split.
         val_fraction: share of each class for validation.
         test_fraction: share of each class for testing.
         seed: the shuffle seed; the same seed gives the same split.
+        keep_duplicates_together: keep each duplicate group inside one split;
+            ``False`` splits image by image.
 
     Returns:
         The records with ``split`` set, in the input order.
     """
     rng = np.random.default_rng(seed)
+    if keep_duplicates_together and any(r.duplicate_group is not None for r in records):
+        return _split_by_group(records, val_fraction, test_fraction, rng)
     by_class: dict[str, list[int]] = {}
     for index, record in enumerate(records):
         by_class.setdefault(record.class_name, []).append(index)
@@ -242,6 +245,55 @@ def split_records(
                 "val" if rank < n_val else "test" if rank < n_val + n_test else "train"
             )
             assigned[indices[position]] = split
+    return [
+        dataclasses.replace(r, split=s) for r, s in zip(records, assigned, strict=True)
+    ]
+
+
+def _split_by_group(
+    records: Sequence[Record],
+    val_fraction: float,
+    test_fraction: float,
+    rng: np.random.Generator,
+) -> list[Record]:
+    """Splits whole duplicate groups, filling each class's held-out quotas.
+
+    A group counts towards the class of its first record; its members in other
+    classes (the same slice labelled twice) follow it into its split.
+    """
+    units: dict[object, list[int]] = {}
+    for index, record in enumerate(records):
+        key = ("group", record.duplicate_group)
+        if record.duplicate_group is None:
+            key = ("image", index)
+        units.setdefault(key, []).append(index)
+    by_class: dict[str, list[list[int]]] = {}
+    for members in units.values():
+        by_class.setdefault(records[members[0]].class_name, []).append(members)
+
+    assigned = [""] * len(records)
+    for class_name in sorted(by_class):
+        class_units = by_class[class_name]
+        n_images = sum(len(members) for members in class_units)
+        n_val, n_test = _held_out_counts(n_images, val_fraction, test_fraction)
+        quota = {"val": n_val, "test": n_test, "train": n_images - n_val - n_test}
+        # Largest groups first, each into the split with the most room left,
+        # so that a big group cannot swamp a held-out split of two images.
+        order = sorted(
+            rng.permutation(len(class_units)), key=lambda p: -len(class_units[p])
+        )
+        splits = []
+        for position in order:
+            members = class_units[position]
+            split = max(("val", "test", "train"), key=lambda s: quota[s])
+            quota[split] -= len(members)
+            splits.append(split)
+        if "train" not in splits:
+            # Always leave something to train on: the last held-out unit.
+            splits[-1] = "train"
+        for position, split in zip(order, splits, strict=True):
+            for index in class_units[position]:
+                assigned[index] = split
     return [
         dataclasses.replace(r, split=s) for r, s in zip(records, assigned, strict=True)
     ]
@@ -266,18 +318,23 @@ def _held_out_counts(
 def write_manifest(
     records: Iterable[Record], path: str | os.PathLike, class_names: Sequence[str]
 ) -> Path:
-    """Writes the split manifest CSV (path, class_name, label, split).
+    """Writes the split manifest CSV (path, class_name, label, split, group).
 
-    ``label`` is the class's index in ``class_names``, the model's output order.
+    ``label`` is the class's index in ``class_names``, the model's output order;
+    ``duplicate_group`` is the record's near-duplicate group, empty if none.
+    File names that are not valid UTF-8 keep their bytes.
     """
     path = Path(path)
     index = {name: i for i, name in enumerate(class_names)}
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
+    with open(
+        tmp, "w", newline="", encoding="utf-8", errors="surrogateescape"
+    ) as handle:
         writer = csv.writer(handle)
-        writer.writerow(MANIFEST_COLUMNS)
+        writer.writerow((*MANIFEST_COLUMNS, GROUP_COLUMN))
         for r in records:
-            writer.writerow([r.path, r.class_name, index[r.class_name], r.split])
+            group = "" if r.duplicate_group is None else r.duplicate_group
+            writer.writerow([r.path, r.class_name, index[r.class_name], r.split, group])
     os.replace(tmp, path)
     return path
 
@@ -293,7 +350,7 @@ def read_manifest(
     """
     path = Path(path)
     records = []
-    with open(path, newline="", encoding="utf-8") as handle:
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as handle:
         reader = csv.DictReader(handle)
         missing = set(MANIFEST_COLUMNS) - set(reader.fieldnames or ())
         if missing:
@@ -309,7 +366,15 @@ def read_manifest(
                     f"{row['class_name']!r} or split {row['split']!r} "
                     f"(splits are {SPLITS})."
                 )
-            records.append(Record(row["path"], class_name, row["split"]))
+            group = (row.get(GROUP_COLUMN) or "").strip()
+            records.append(
+                Record(
+                    row["path"],
+                    class_name,
+                    row["split"],
+                    int(group) if group else None,
+                )
+            )
     return records
 
 
@@ -352,37 +417,28 @@ def make_augmentation(
     return keras.Sequential(layers, name="augmentation")
 
 
-def _decode_with_pillow(path) -> np.ndarray:
-    with Image.open(os.fsdecode(np.asarray(path).item())) as image:
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+def _decode_file(path) -> np.ndarray:
+    return read_image(np.asarray(path).item())
 
 
 def load_image(path: tf.Tensor, image_size: int) -> tf.Tensor:
     """Decodes one image file to RGB and pads-and-resizes it to a square.
 
+    Every file goes through `neuropath.image_files.read_image`, the decoder
+    ``check-data`` uses: ``tf.io`` ignores EXIF orientation and clips 16-bit
+    greyscale, so training would see other pixels than the check approved.
+
     Args:
-        path: a scalar string tensor, the file's path.
+        path: a scalar string tensor, the file's path (bytes as the file
+            system gives them are fine).
         image_size: side of the square result.
 
     Returns:
         float32 pixels in 0-255, shape ``(image_size, image_size, 3)``;
         greyscale files become three equal channels.
     """
-    extension = tf.strings.lower(
-        tf.strings.regex_replace(path, r"^.*(\.[^./]*)$", r"\1")
-    )
-    use_tf = tf.reduce_any(tf.equal(extension, sorted(_TF_EXTENSIONS)))
-
-    def tf_decode():
-        return tf.io.decode_image(
-            tf.io.read_file(path), channels=3, expand_animations=False
-        )
-
-    def pillow_decode():
-        image = tf.numpy_function(_decode_with_pillow, [path], tf.uint8)
-        return tf.ensure_shape(image, [None, None, 3])
-
-    image = tf.cond(use_tf, tf_decode, pillow_decode)
+    image = tf.numpy_function(_decode_file, [path], tf.uint8, stateful=False)
+    image = tf.ensure_shape(image, [None, None, 3])
     # Padding keeps the anatomy's aspect ratio; MRI background is black.
     return tf.image.resize_with_pad(image, image_size, image_size)
 
@@ -418,7 +474,8 @@ def make_dataset(
         A dataset of float32 images ``(batch, image_size, image_size, 3)`` in
         0-255 and float32 labels ``(batch, n_classes)``.
     """
-    paths = [str(p) for p in paths]
+    # Bytes: TensorFlow cannot encode names that are not valid UTF-8.
+    paths = [os.fsencode(p) for p in paths]
     if len(paths) != len(labels):
         raise ValueError(
             f"Got {len(paths)} paths but {len(labels)} labels; they must pair up."
@@ -436,7 +493,7 @@ def make_dataset(
     elif cache:
         Path(cache).mkdir(parents=True, exist_ok=True)
         # One cache file per list of images, so splits never share a cache.
-        key = hashlib.sha1("\n".join(paths).encode()).hexdigest()[:16]
+        key = hashlib.sha1(b"\n".join(paths)).hexdigest()[:16]
         dataset = dataset.cache(str(Path(cache) / f"images_{image_size}_{key}"))
     if training:
         dataset = dataset.shuffle(

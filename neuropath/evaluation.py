@@ -77,7 +77,8 @@ def predict_records(
             lambda path, i: (load_image(path, size), i),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
-        .ignore_errors(log_warning=True)
+        # The caller reports the files left out, once.
+        .ignore_errors(log_warning=False)
         .batch(batch_size)
         .prefetch(tf.data.AUTOTUNE)
     )
@@ -474,6 +475,7 @@ def evaluate_records(
     provenance: dict[str, Any] | None = None,
     n_resamples: int = 1000,
     seed: int = 0,
+    unusable: Sequence[tuple[str, str]] = (),
 ) -> dict[str, Any]:
     """Evaluates a classifier on labelled images and writes the report folder.
 
@@ -488,6 +490,8 @@ def evaluate_records(
         n_resamples: bootstrap resamples for the 95% intervals; 1,000 by
             default.
         seed: the bootstrap seed; 0 by default.
+        unusable: ``(path, reason)`` of files already left out, listed with
+            those that fail to decode here under ``unreadable_files``.
 
     Returns:
         The report as written to ``report.json``.
@@ -504,9 +508,13 @@ def evaluate_records(
 
     kept, probabilities = predict_records(classifier, records, root, batch_size)
     unreadable = sorted(set(range(len(records))) - set(kept.tolist()))
-    if unreadable:
+    skipped = [path for path, _ in unusable] + [records[i].path for i in unreadable]
+    if skipped:
         logger.warning(
-            "%d image(s) could not be decoded and were not scored", len(unreadable)
+            "%d unusable image file(s) were not scored; listed under "
+            "unreadable_files in %s",
+            len(skipped),
+            Path(out_dir) / "report.json",
         )
     if not len(kept):
         raise ValueError(
@@ -520,7 +528,7 @@ def evaluate_records(
         y_true, probabilities, class_names, n_resamples=n_resamples, seed=seed
     )
     report["worst_mistakes"] = _mistake_rows(scored, y_true, probabilities, class_names)
-    report["unreadable_files"] = [records[i].path for i in unreadable]
+    report["unreadable_files"] = skipped
     report["provenance"] = describe_provenance(provenance, root)
     thumbnails = {
         m["path"]: figures.load_thumbnail(Path(root) / m["path"])
@@ -619,16 +627,24 @@ def evaluate_model(
     Returns:
         The report and the report folder.
     """
+    from neuropath.class_match import check_class_names, check_manifest_classes
+    from neuropath.classes import CLASS_NAMES
     from neuropath.dataset import read_manifest, scan_dataset
     from neuropathology_model import NeuropathologyClassifier
 
     classifier = NeuropathologyClassifier.load(model_path)
+    unusable = []
     if manifest:
+        check_manifest_classes(classifier.class_names, manifest, str(model_path))
         records = read_manifest(manifest, classifier.class_names)
         test = [r for r in records if r.split == "test"]
         records = test or records
     else:
-        records = scan_dataset(data_dir, classifier.class_names).records
+        check_class_names(
+            classifier.class_names, CLASS_NAMES, str(model_path), str(data_dir)
+        )
+        scan = scan_dataset(data_dir, classifier.class_names)
+        records, unusable = scan.records, scan.unusable
     provenance = {
         "model": str(model_path),
         "manifest": str(manifest) if manifest else None,
@@ -642,5 +658,6 @@ def evaluate_model(
         provenance,
         n_resamples=n_resamples,
         seed=seed,
+        unusable=unusable,
     )
     return report, Path(out_dir)

@@ -425,7 +425,11 @@ def gradcheck_model(
     from neuropathology_model import NeuropathologyClassifier
 
     _check_options(n_images, eps, max_entries)
+    from neuropath.class_match import check_class_names
+    from neuropath.classes import CLASS_NAMES
+
     classifier = NeuropathologyClassifier.load(model_path)
+    check_class_names(classifier.class_names, CLASS_NAMES, str(model_path), data_dir)
     records = scan_dataset(data_dir, classifier.class_names).records
     return _check_images(
         classifier, records, data_dir, n_images, eps, max_entries, seed

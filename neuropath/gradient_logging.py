@@ -468,6 +468,16 @@ class GradientNormLogger(keras.callbacks.Callback):
     def alarms_path(self) -> Path:
         return self.log_dir / ALARMS_FILE
 
+    @property
+    def steps_done(self) -> int:
+        """Training steps seen so far over every stage: the logs' step axis."""
+        return self._steps_done
+
+    def continue_from(self, steps_done: int) -> None:
+        """Continues the step axis of a resumed run after ``steps_done`` steps."""
+        self._steps_done = int(steps_done)
+        self._last_logged = int(steps_done)
+
     # Keras hooks.
 
     def on_train_begin(self, logs=None):

@@ -127,7 +127,8 @@ def read_slice(path: str | os.PathLike, image_size: int) -> np.ndarray:
     if is_dicom(path):
         pixels = read_dicom_slice(path)
         return tf.image.resize_with_pad(pixels, image_size, image_size).numpy()
-    return load_image(tf.constant(str(path)), image_size).numpy()
+    # Bytes: names that are not valid UTF-8 cannot become a string tensor.
+    return load_image(tf.constant(os.fsencode(path)), image_size).numpy()
 
 
 def _short_reason(path: str, err: Exception) -> str:

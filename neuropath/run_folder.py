@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from neuropath.class_match import check_manifest_classes
 from neuropath.dataset import Record, read_manifest
 from neuropathology_model import NeuropathologyClassifier
 
@@ -61,6 +62,11 @@ def open_run(
                 f"{str(run_dir)!r} is not a finished run folder: {name} is missing."
             )
     classifier = NeuropathologyClassifier.load(run_dir / "model.keras")
+    check_manifest_classes(
+        classifier.class_names,
+        run_dir / "split_manifest.csv",
+        str(run_dir / "model.keras"),
+    )
     config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
     records = read_manifest(run_dir / "split_manifest.csv", classifier.class_names)
     root = Path(data_dir or config["data"]["data_dir"])

@@ -5,7 +5,9 @@ config, the split manifest, class names, checkpoints, the CSV and TensorBoard
 logs (with the gradient logs of a fixed *probe batch* under ``logs/gradients``),
 the final model and its test-split evaluation. Stage 1 (*frozen*)
 trains the head on a frozen backbone; stage 2 (*fine-tune*) unfreezes the top
-of the backbone at a lower learning rate. Either stage may be skipped.
+of the backbone at a lower learning rate. Either stage may be skipped. A run
+stopped before its end (killed, pre-empted) continues from its last checkpoint
+with ``resume`` (see `neuropath.resume`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import random
 import sys
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
@@ -26,11 +29,14 @@ import numpy as np
 import yaml
 
 from neuropath.callbacks import CheckpointSaver, LearningRateInLogs
+from neuropath.class_match import check_class_names
 from neuropath.classes import CLASS_NAMES
 from neuropath.config import RunConfig
+from neuropath.data_check import write_unusable_list
 from neuropath.dataset import (
     Record,
     class_weights,
+    image_problem,
     make_augmentation,
     make_dataset,
     read_manifest,
@@ -38,9 +44,21 @@ from neuropath.dataset import (
     split_records,
     write_manifest,
 )
+from neuropath.divergence import NonFiniteLossGuard, TrainingDivergedError
+from neuropath.duplicates import assign_duplicate_groups
 from neuropath.evaluation import evaluate_records
 from neuropath.gradient_logging import GradientNormLogger
-from neuropathology_model import NeuropathologyClassifier
+from neuropath.image_files import display_path
+from neuropath.resume import (
+    ResumableEarlyStopping,
+    ResumableReduceLROnPlateau,
+    ResumePoint,
+    callback_state,
+    load_resume_point,
+    restore_checkpoint,
+    truncate_training_log,
+)
+from neuropathology_model import NeuropathologyClassifier, read_metadata
 
 __all__ = [
     "TrainingResult",
@@ -48,8 +66,12 @@ __all__ = [
     "make_pipelines",
     "prepare_run_dir",
     "probe_batch",
+    "resume",
+    "select_records",
     "train",
 ]
+
+UNUSABLE_LIST = "unusable_files.csv"
 
 logger = logging.getLogger(__name__)
 
@@ -119,38 +141,90 @@ def prepare_run_dir(config: RunConfig, run_dir: str | Path | None = None) -> Pat
     return run_dir
 
 
-def _split(config: RunConfig, run_dir: Path) -> list[Record]:
-    """Reuses the configured manifest or splits the data folder anew."""
+def select_records(config: RunConfig) -> tuple[list[Record], list[tuple[str, str]]]:
+    """The split records of a new run, and the files left out.
+
+    Reuses the configured manifest, or scans the data folder, groups its near
+    duplicates and splits it anew.
+
+    Args:
+        config: the run's config.
+
+    Returns:
+        ``(records, unusable)``: the usable records with their split, and
+        ``(path, reason)`` for each file left out.
+
+    Raises:
+        ValueError: no usable image, or ``data.strict`` and an unusable file.
+    """
     data = config.data
     if data.manifest:
         records = read_manifest(data.manifest, CLASS_NAMES)
         logger.info(
             "Reusing split manifest %s (%d images)", data.manifest, len(records)
         )
+        unusable = []
+        if data.verify_images:
+            root = Path(data.data_dir)
+            with ThreadPoolExecutor() as pool:
+                problems = list(
+                    pool.map(image_problem, (root / r.path for r in records))
+                )
+            unusable = [
+                (r.path, p) for r, p in zip(records, problems, strict=True) if p
+            ]
+            records = [r for r, p in zip(records, problems, strict=True) if not p]
     else:
         scan = scan_dataset(data.data_dir, CLASS_NAMES, verify=data.verify_images)
-        if not scan.records:
-            raise ValueError(
-                f"No usable images under {data.data_dir!r}: expected class "
-                "folders such as 'NORMAL T1' holding .jpg/.png files."
-            )
-        if scan.unusable:
-            _write_unusable(scan.unusable, run_dir / "unusable_files.csv")
-        records = split_records(
-            scan.records, data.val_fraction, data.test_fraction, data.seed
+        unusable = scan.unusable
+        records = scan.records
+    _refuse_if_strict(config, unusable)
+    if not records:
+        raise ValueError(
+            f"No usable images under {data.data_dir!r}: expected class "
+            "folders such as 'NORMAL T1' holding .jpg/.png files."
         )
+    if not data.manifest:
+        records = assign_duplicate_groups(records, data.data_dir)
+        records = split_records(
+            records,
+            data.val_fraction,
+            data.test_fraction,
+            data.seed,
+            keep_duplicates_together=not data.allow_cross_split_duplicates,
+        )
+    return records, unusable
+
+
+def _refuse_if_strict(config: RunConfig, unusable: list[tuple[str, str]]) -> None:
+    if not (config.data.strict and unusable):
+        return
+    path, reason = unusable[0]
+    raise ValueError(
+        f"{len(unusable)} file(s) under {config.data.data_dir!r} cannot be used "
+        f"(first: {display_path(path)}: {reason}), and data.strict (--strict) "
+        "refuses to train without them. Run 'neuropath check-data "
+        f"{config.data.data_dir}' for the full list, then repair or remove them, "
+        "or train without --strict to leave them out."
+    )
+
+
+def _write_split(
+    records: list[Record], unusable: list[tuple[str, str]], run_dir: Path
+) -> None:
+    """Writes the manifest and, with one warning, the list of unusable files."""
     write_manifest(records, run_dir / "split_manifest.csv", CLASS_NAMES)
+    if unusable:
+        path = write_unusable_list(unusable, run_dir / UNUSABLE_LIST)
+        logger.warning(
+            "Left out %d unusable file(s); the list with reasons is in %s",
+            len(unusable),
+            path,
+        )
     for split in ("train", "val", "test"):
         logger.info(
             "%s split: %d images", split, sum(r.split == split for r in records)
         )
-    return records
-
-
-def _write_unusable(unusable: list[tuple[str, str]], path: Path) -> None:
-    lines = ["path,reason"] + [f'"{p}","{reason}"' for p, reason in unusable]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    logger.warning("%d unusable file(s) listed in %s", len(unusable), path)
 
 
 def make_pipelines(config: RunConfig, records: list[Record]):
@@ -277,26 +351,38 @@ def _callbacks(
     monitor: str,
     saver,
     gradient_logger: GradientNormLogger | None = None,
+    guard: NonFiniteLossGuard | None = None,
+    counters: dict | None = None,
 ) -> list:
-    """The callbacks of one stage; the saver and gradient logger span both."""
+    """The callbacks of one stage; the saver, logger and guard span both.
+
+    ``counters`` are early-stopping and plateau counters to continue from (a
+    resumed stage). The saver comes last so that it stores this epoch's.
+    """
     train = config.train
+    counters = counters or {}
     callbacks = [
         LearningRateInLogs(),
-        saver,
         keras.callbacks.CSVLogger(str(run_dir / "training_log.csv"), append=True),
         keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs")),
     ]
+    if guard is not None:
+        callbacks.append(guard)
     if gradient_logger is not None:
         callbacks.append(gradient_logger)
     if train.early_stopping_patience:
         callbacks.append(
-            keras.callbacks.EarlyStopping(
-                monitor=monitor, patience=train.early_stopping_patience, verbose=1
+            ResumableEarlyStopping(
+                counters.get("early_stopping"),
+                monitor=monitor,
+                patience=train.early_stopping_patience,
+                verbose=1,
             )
         )
     if train.reduce_lr_patience and train.lr_schedule == "plateau":
         callbacks.append(
-            keras.callbacks.ReduceLROnPlateau(
+            ResumableReduceLROnPlateau(
+                counters.get("plateau"),
                 monitor=monitor,
                 factor=train.reduce_lr_factor,
                 patience=train.reduce_lr_patience,
@@ -304,6 +390,7 @@ def _callbacks(
                 verbose=1,
             )
         )
+    callbacks.append(saver)
     return callbacks
 
 
@@ -335,55 +422,146 @@ def _prepare_stage(classifier: NeuropathologyClassifier, config: RunConfig, stag
     classifier.unfreeze_backbone(top, freeze_batchnorm=fine.freeze_batchnorm)
 
 
-def train(config: RunConfig, run_dir: str | Path | None = None) -> TrainingResult:
+def _stage_plan(
+    config: RunConfig, resume: ResumePoint | None
+) -> tuple[list[tuple[str, int, float]], int, str | None]:
+    """Where training starts: a new run's first stage, or a stopped run's.
+
+    Returns:
+        ``(stages, epochs_done_in_first, restore)``: the stages still to run,
+        the epochs already done in the first of them, and what to restore from
+        the checkpoint: ``"optimizer"`` state too (mid-stage), ``"weights"``
+        only (a new stage) or ``None`` (a new run).
+    """
+    stages = _stages(config)
+    if resume is None:
+        return stages, 0, None
+    names = [name for name, _, _ in stages]
+    if resume.stage not in names:
+        raise ValueError(
+            f"Cannot resume {str(resume.run_dir)!r}: its checkpoint is from stage "
+            f"{resume.stage!r}, which its config.yaml does not run {names}."
+        )
+    position = names.index(resume.stage)
+    if resume.stage_finished:
+        return stages[position + 1 :], 0, "weights"
+    return stages[position:], int(resume.state["stage_epochs_done"]), "optimizer"
+
+
+def train(
+    config: RunConfig,
+    run_dir: str | Path | None = None,
+    resume_point: ResumePoint | None = None,
+) -> TrainingResult:
     """Trains a classifier as ``config`` says and evaluates it on the test split.
 
     Args:
         config: the validated run config.
         run_dir: the run folder; by default a new one under ``config.runs_dir``.
+        resume_point: continue a stopped run from its last checkpoint instead
+            (see `resume`); ``run_dir`` is then the point's.
 
     Returns:
         The `TrainingResult`; the run folder holds every artefact.
+
+    Raises:
+        TrainingDivergedError: the loss or the gradients stopped being finite;
+            the last good checkpoint is kept and no final model is written.
     """
     started = time.monotonic()
-    keras.utils.set_random_seed(config.train.seed)
-    # The model first: a missing weights file should leave no run folder.
-    classifier = build_classifier(config)
-    run_dir = prepare_run_dir(config, run_dir)
+    resumed_epochs = resume_point.epochs_done if resume_point else 0
+    # A resumed run draws new shuffles rather than replaying the first epochs'.
+    keras.utils.set_random_seed(config.train.seed + resumed_epochs)
+    if resume_point is None:
+        # Data and model first: a refused folder or a missing weights file
+        # should leave no run folder.
+        records, unusable = select_records(config)
+        classifier = build_classifier(config)
+        run_dir = prepare_run_dir(config, run_dir)
+        _write_split(records, unusable, run_dir)
+    else:
+        run_dir = resume_point.run_dir
+        saved = read_metadata(resume_point.checkpoint)["class_names"]
+        check_class_names(
+            saved, CLASS_NAMES, str(resume_point.checkpoint), "this version's classes"
+        )
+        records = read_manifest(run_dir / "split_manifest.csv", CLASS_NAMES)
+        classifier = build_classifier(config)
+        truncate_training_log(run_dir / "training_log.csv", resumed_epochs)
+        logger.info(
+            "Resuming %s after epoch %d (stage %s)",
+            run_dir,
+            resumed_epochs,
+            resume_point.stage,
+        )
     logger.info("Run folder: %s", run_dir)
 
-    records = _split(config, run_dir)
     train_ds, train_labels, val_ds = make_pipelines(config, records)
     weights = (
         class_weights(train_labels, len(CLASS_NAMES))
         if config.train.class_weights
         else None
     )
-
     monitor = "val_loss" if val_ds is not None else "loss"
+    gradient_logger = _gradient_logger(config, records, run_dir, weights)
+    guard = NonFiniteLossGuard()
+    progress: dict = {}
+
+    def stage_state(epoch: int) -> dict:
+        done = epoch + 1 - progress["first_epoch"]
+        state = callback_state(progress["callbacks"])
+        stopped = state.get("early_stopping", {}).get("stopped", False)
+        return {
+            "stage_epochs_done": done,
+            "stage_finished": bool(stopped or done >= progress["epochs"]),
+            "gradient_steps": gradient_logger.steps_done if gradient_logger else 0,
+            **state,
+        }
+
     saver = CheckpointSaver(
         classifier,
         run_dir / "checkpoints",
         monitor=monitor,
         extra_metadata={"config": config.to_dict()},
+        state_provider=stage_state,
     )
-    gradient_logger = _gradient_logger(config, records, run_dir, weights)
+    if resume_point is not None:
+        best = resume_point.state.get("best")
+        saver.best = math.inf if best is None else float(best)
+        saver.best_epoch = resume_point.state.get("best_epoch")
+        if gradient_logger is not None:
+            # Limitation: gradient_flow.png then shows the resumed epochs only;
+            # storing the flow records with the checkpoint would keep them all.
+            gradient_logger.continue_from(resume_point.state.get("gradient_steps", 0))
+
+    stages, stage_done, restore = _stage_plan(config, resume_point)
     verbose = 1 if sys.stdout.isatty() else 2
-    epochs_done = 0
-    for stage, epochs, learning_rate in _stages(config):
-        if gradient_logger is not None and gradient_logger.stopped_on_nonfinite:
-            logger.warning("Stage %s skipped: the gradients were not finite.", stage)
-            break
+    epochs_done = resumed_epochs
+    for stage, epochs, learning_rate in stages:
         _prepare_stage(classifier, config, stage)
         classifier.compile(
             _learning_rate(config, learning_rate, epochs, len(train_labels)),
             clipnorm=config.train.gradient_clip_norm,
         )
+        counters = {}
+        if restore is not None:
+            restore_checkpoint(
+                classifier.model, resume_point.checkpoint, restore == "optimizer"
+            )
+            if restore == "optimizer":
+                counters = resume_point.state
+            restore = None
         saver.stage = stage
+        callbacks = _callbacks(
+            config, run_dir, monitor, saver, gradient_logger, guard, counters
+        )
+        progress.update(
+            first_epoch=epochs_done - stage_done, epochs=epochs, callbacks=callbacks
+        )
         logger.info(
             "Stage %s: %d epoch(s) at learning rate %g, %d trainable weight tensors",
             stage,
-            epochs,
+            epochs - stage_done,
             learning_rate,
             len(classifier.model.trainable_weights),
         )
@@ -395,21 +573,17 @@ def train(config: RunConfig, run_dir: str | Path | None = None) -> TrainingResul
                 train_ds,
                 validation_data=val_ds,
                 initial_epoch=epochs_done,
-                epochs=epochs_done + epochs,
+                epochs=epochs_done + epochs - stage_done,
                 class_weight=weights,
-                callbacks=_callbacks(config, run_dir, monitor, saver, gradient_logger),
+                callbacks=callbacks,
                 shuffle=False,  # the pipeline shuffles
                 verbose=verbose,
             )
         epochs_done += len(history.epoch)
+        stage_done = 0
+        _raise_if_diverged(guard, gradient_logger, saver, run_dir)
 
     best = saver.best_path if saver.best_path.exists() else saver.last_path
-    if not best.exists():
-        raise ValueError(
-            f"Training left no checkpoint in {str(saver.directory)!r}: the loss "
-            "was not finite from the first epoch on. Lower the learning rate or "
-            "set train.gradient_clip_norm."
-        )
     final = NeuropathologyClassifier.load(best)
     model_path = final.save(run_dir / "model.keras", extra={"config": config.to_dict()})
     logger.info("Final model (best epoch %s): %s", saver.best_epoch, model_path)
@@ -428,3 +602,48 @@ def train(config: RunConfig, run_dir: str | Path | None = None) -> TrainingResul
     minutes = (time.monotonic() - started) / 60
     accuracy = report["accuracy"] if report else None
     return TrainingResult(run_dir, model_path, accuracy, report, minutes)
+
+
+def _raise_if_diverged(
+    guard: NonFiniteLossGuard,
+    gradient_logger: GradientNormLogger | None,
+    saver: CheckpointSaver,
+    run_dir: Path,
+) -> None:
+    if guard.diverged_at is not None:
+        epoch, batch, loss = guard.diverged_at
+        what = f"the loss became {loss} at epoch {epoch}, batch {batch}"
+    elif gradient_logger is not None and gradient_logger.stopped_on_nonfinite:
+        what = "the gradients stopped being finite"
+    else:
+        return
+    if saver.last_path.exists():
+        kept = (
+            f"The last good checkpoint is kept: {saver.last_path} "
+            f"(epoch {read_metadata(saver.last_path).get('epoch')})"
+        )
+    else:
+        kept = "No epoch ended with a finite loss, so there is no checkpoint"
+    raise TrainingDivergedError(
+        f"Training diverged: {what}. {kept}; no final model was written. See "
+        f"where the gradients grew with 'neuropath gradients {run_dir}' (or "
+        f"TensorBoard on {run_dir / 'logs'}), then lower the learning rate or "
+        "set train.gradient_clip_norm and train again."
+    )
+
+
+def resume(run_dir: str | Path) -> TrainingResult:
+    """Continues a stopped run from the last epoch it completed.
+
+    The run's own ``config.yaml`` and ``split_manifest.csv`` are used; training
+    goes on in the stage it was in, with the optimizer's state, learning-rate
+    schedule position and early-stopping counters of that epoch.
+
+    Args:
+        run_dir: the run folder of a killed or interrupted ``neuropath train``.
+
+    Returns:
+        The `TrainingResult` of the whole run.
+    """
+    point = load_resume_point(run_dir)
+    return train(point.config, point.run_dir, resume_point=point)

@@ -35,7 +35,7 @@ def test_scan_of_real_sample_finds_14_classes_and_names_the_missing(real_sample)
 def test_scan_matches_nfd_folders_skips_hidden_and_reads_nested(tmp_path):
     nfd = unicodedata.normalize("NFD", OUTROS_T1)
     save_image(tmp_path / nfd / "a.png", gradient_image(40, 50))
-    save_image(tmp_path / nfd / "nested" / "b.JPG", gradient_image(30, 30, 3))
+    save_image(tmp_path / nfd / "nested" / "b.JPG", gradient_image(40, 40, 3))
     save_image(tmp_path / nfd / ".hidden.png", gradient_image(8, 8))
     (tmp_path / nfd / "notes.txt").write_text("not an image")
     save_image(tmp_path / "Unrelated" / "c.png", gradient_image(8, 8))
@@ -63,7 +63,7 @@ def test_scan_leaves_out_broken_files_with_their_reason(tmp_path):
     assert [r.path for r in scan.records] == ["NORMAL T2/good.jpg"]
     reasons = dict(scan.unusable)
     assert reasons["NORMAL T2/empty.jpg"] == "empty file"
-    assert reasons["NORMAL T2/text.jpg"].startswith("cannot decode")
+    assert reasons["NORMAL T2/text.jpg"] == "not an image (text/unknown format)"
     assert "truncated" in reasons["NORMAL T2/truncated.jpg"].lower()
 
 
@@ -106,8 +106,8 @@ def test_manifest_round_trips_with_labels_in_model_order(tmp_path):
     path = write_manifest(records, tmp_path / "split_manifest.csv", CLASS_NAMES)
     assert read_manifest(path) == records
     rows = path.read_text(encoding="utf-8").splitlines()
-    assert rows[0] == "path,class_name,label,split"
-    assert any(row.split(",")[-2] == "11" for row in rows if "Lesões" in row)
+    assert rows[0] == "path,class_name,label,split,duplicate_group"
+    assert any(row.split(",")[-3] == "11" for row in rows if "Lesões" in row)
 
 
 def test_manifest_with_unknown_class_names_the_line(tmp_path):
@@ -122,7 +122,11 @@ def test_manifest_with_unknown_class_names_the_line(tmp_path):
     [
         ("grey.png", gradient_image(300, 200)),
         ("rgb.jpg", gradient_image(200, 300, 3)),
-        ("rgba.png", gradient_image(50, 50, 4)),
+        # Opaque: transparency is composited on black (tests/test_bad_inputs.py).
+        (
+            "rgba.png",
+            np.dstack([gradient_image(50, 50, 3), np.full((50, 50), 255, np.uint8)]),
+        ),
         ("grey.tif", gradient_image(120, 90)),
         ("rgb.webp", gradient_image(64, 64, 3)),
         ("grey.bmp", gradient_image(33, 77)),
