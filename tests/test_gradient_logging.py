@@ -200,7 +200,9 @@ def test_gradients_command_names_a_run_without_gradient_logs(tmp_path, capsys):
 def test_nonfinite_gradient_stops_training(tmp_path, caplog):
     model = _head_model()
     x, y = _data()
-    kernel = model.get_layer("hidden").kernel
+    # NaN weights in front of the softmax: oneDNN's ReLU maps NaN to 0, so NaN
+    # weights ahead of a ReLU may never reach the loss on some CPUs.
+    kernel = model.get_layer("output").kernel
     kernel.assign(np.where(np.eye(*kernel.shape) > 0, np.nan, kernel.numpy()))
     watcher = GradientNormLogger(x[:8], y[:8], tmp_path)
 
