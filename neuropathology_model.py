@@ -275,12 +275,18 @@ class NeuropathologyClassifier:
         self,
         learning_rate: float | keras.optimizers.schedules.LearningRateSchedule,
         clipnorm: float | None = None,
+        jit_compile: bool | str = "auto",
     ) -> None:
         """Compiles with Adam and categorical cross-entropy.
+
+        Under a ``mixed_float16`` global policy Keras wraps Adam in a
+        ``LossScaleOptimizer``.
 
         Args:
             learning_rate: Adam's learning rate, a number or a schedule.
             clipnorm: if given, clip gradients to this global norm.
+            jit_compile: compile the training step with XLA: ``True``,
+                ``False`` or ``"auto"`` (Keras' choice, the default).
         """
         self.model.compile(
             optimizer=keras.optimizers.Adam(
@@ -288,6 +294,7 @@ class NeuropathologyClassifier:
             ),
             loss=keras.losses.CategoricalCrossentropy(),
             metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+            jit_compile=jit_compile,
         )
 
     def predict(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:

@@ -113,6 +113,11 @@ class FineTuneConfig:
 
 
 LR_SCHEDULES = ("plateau", "cosine")
+# Where and how training runs; see neuropath.distribute.
+PRECISION_POLICIES = ("mixed_float16", "mixed_bfloat16")
+JIT_COMPILE_VALUES = (False, True, "auto")
+STRATEGIES = ("default", "mirrored", "multi_worker")
+LEARNING_RATE_SCALING = ("linear", "none")
 
 
 @dataclasses.dataclass
@@ -125,6 +130,16 @@ class TrainConfig:
             ``reduce_lr_patience`` epochs; ``"cosine"`` decays it smoothly to
             1% over each stage, which suits short runs from scratch whose
             validation loss is too noisy for plateau detection.
+        mixed_precision: ``null`` (float32), ``"mixed_float16"`` (GPUs) or
+            ``"mixed_bfloat16"`` (recent GPUs, TPUs, CPUs with AMX); the
+            softmax output stays float32.
+        jit_compile: compile the training step with XLA: ``true``, ``false``
+            or ``"auto"`` (Keras decides; XLA whenever every layer supports it).
+        strategy: ``"default"`` (one device), ``"mirrored"`` (every local GPU)
+            or ``"multi_worker"`` (several machines, from ``TF_CONFIG``).
+        scale_learning_rate: ``"linear"`` multiplies the learning rates by the
+            number of replicas, whose step sees ``batch_size`` images each;
+            ``"none"`` keeps them.
     """
 
     batch_size: int = 32
@@ -138,6 +153,10 @@ class TrainConfig:
     min_learning_rate: float = 1e-7
     gradient_clip_norm: float | None = None
     seed: int = 42
+    mixed_precision: str | None = None
+    jit_compile: bool | str = "auto"
+    strategy: str = "default"
+    scale_learning_rate: str = "linear"
 
 
 @dataclasses.dataclass
@@ -225,6 +244,24 @@ def _check_config(config: RunConfig) -> None:
             stacklevel=3,
         )
     _check_gradients(config.gradients)
+    _check_devices(train)
+
+
+def _check_devices(train: TrainConfig) -> None:
+    choices = {
+        "train.mixed_precision": (train.mixed_precision, (None, *PRECISION_POLICIES)),
+        "train.jit_compile": (train.jit_compile, JIT_COMPILE_VALUES),
+        "train.strategy": (train.strategy, STRATEGIES),
+        "train.scale_learning_rate": (
+            train.scale_learning_rate,
+            LEARNING_RATE_SCALING,
+        ),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ValueError(
+                f"{key} must be one of {list(allowed)}; received {value!r}."
+            )
 
 
 def _check_gradients(gradients: GradientLogConfig) -> None:

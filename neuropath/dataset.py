@@ -22,6 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from neuropath.augmentation import RandomFlipRotateZoom
 from neuropath.classes import CLASS_NAMES, canonical_class_name, short_name
 from neuropath.image_files import (
     IMAGE_EXTENSIONS,
@@ -400,25 +401,21 @@ def make_augmentation(
 ) -> keras.Sequential:
     """The training augmentation as Keras preprocessing layers.
 
-    Rotated and zoomed-out pixels are filled with black, the background of an
-    MRI slice, rather than reflected anatomy.
+    Flip, rotation and zoom are one `RandomFlipRotateZoom` layer: one
+    resampling of each batch instead of three. Rotated and zoomed-out pixels
+    are filled with black, the background of an MRI slice, rather than
+    reflected anatomy.
     """
     layers = []
-    if horizontal_flip:
-        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
-    if rotation_degrees:
+    if horizontal_flip or rotation_degrees or zoom:
         layers.append(
-            keras.layers.RandomRotation(
-                rotation_degrees / 360.0, fill_mode="constant", seed=seed
-            )
+            RandomFlipRotateZoom(rotation_degrees, zoom, horizontal_flip, seed=seed)
         )
-    if zoom:
-        layers.append(keras.layers.RandomZoom(zoom, fill_mode="constant", seed=seed))
     return keras.Sequential(layers, name="augmentation")
 
 
-def _decode_file(path) -> np.ndarray:
-    return read_image(np.asarray(path).item())
+def _decode_file(path, image_size) -> np.ndarray:
+    return read_image(np.asarray(path).item(), reduce_to=int(image_size))
 
 
 def load_image(path: tf.Tensor, image_size: int) -> tf.Tensor:
@@ -437,7 +434,9 @@ def load_image(path: tf.Tensor, image_size: int) -> tf.Tensor:
         float32 pixels in 0-255, shape ``(image_size, image_size, 3)``;
         greyscale files become three equal channels.
     """
-    image = tf.numpy_function(_decode_file, [path], tf.uint8, stateful=False)
+    image = tf.numpy_function(
+        _decode_file, [path, image_size], tf.uint8, stateful=False
+    )
     image = tf.ensure_shape(image, [None, None, 3])
     # Padding keeps the anatomy's aspect ratio; MRI background is black.
     return tf.image.resize_with_pad(image, image_size, image_size)
@@ -453,6 +452,7 @@ def make_dataset(
     augmentation: keras.layers.Layer | None = None,
     cache: str | None = None,
     seed: int = 42,
+    drop_remainder: bool = False,
 ) -> tf.data.Dataset:
     """A batched ``tf.data`` pipeline of ``(images, one_hot_labels)``.
 
@@ -469,6 +469,9 @@ def make_dataset(
         augmentation: a layer applied to training batches.
         cache: ``"memory"``, a directory for an on-disk cache, or ``None``.
         seed: shuffle seed.
+        drop_remainder: leave out the last, smaller batch of each epoch (every
+            replica of a distributed step must get images: BatchNorm cannot
+            train on an empty share).
 
     Returns:
         A dataset of float32 images ``(batch, image_size, image_size, 3)`` in
@@ -483,6 +486,12 @@ def make_dataset(
     dataset = tf.data.Dataset.from_tensor_slices(
         (paths, tf.one_hot(np.asarray(labels, dtype=np.int32), n_classes))
     )
+    if training and not cache:
+        # Shuffling file names costs nothing and lets decoded images stream;
+        # shuffling decoded images would hold the whole epoch in memory.
+        dataset = dataset.shuffle(
+            max(len(paths), 1), seed=seed, reshuffle_each_iteration=True
+        )
     dataset = dataset.map(
         lambda path, label: (load_image(path, image_size), label),
         num_parallel_calls=tf.data.AUTOTUNE,
@@ -495,11 +504,11 @@ def make_dataset(
         # One cache file per list of images, so splits never share a cache.
         key = hashlib.sha1(b"\n".join(paths)).hexdigest()[:16]
         dataset = dataset.cache(str(Path(cache) / f"images_{image_size}_{key}"))
-    if training:
+    if training and cache:
         dataset = dataset.shuffle(
             max(len(paths), 1), seed=seed, reshuffle_each_iteration=True
         )
-    dataset = dataset.batch(batch_size)
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     if training and augmentation is not None:
         dataset = dataset.map(
             lambda images, label: (augmentation(images, training=True), label),

@@ -603,6 +603,29 @@ def evaluate_run(
     return report, out_dir
 
 
+def _classes_to_score(model_classes: list[str], data_dir) -> list[str]:
+    """The classes a model must output, in order, to be scored on a folder.
+
+    The 17 classes for a model of 17 or more. A model of fewer (trained on a
+    folder holding only some classes) is scored on its own classes, plus any
+    other class whose folder holds files: a class the model cannot output is
+    refused rather than silently dropped.
+    """
+    from neuropath.classes import CLASS_NAMES, canonical_class_name
+    from neuropath.image_files import iter_class_files
+
+    if len(model_classes) >= len(CLASS_NAMES):
+        return list(CLASS_NAMES)
+    wanted = set(model_classes)
+    # A missing folder is reported by the scan that follows.
+    folders = Path(data_dir).iterdir() if Path(data_dir).is_dir() else ()
+    for folder in folders:
+        name = canonical_class_name(folder.name)
+        if name and folder.is_dir() and next(iter_class_files(folder), None):
+            wanted.add(name)
+    return [name for name in CLASS_NAMES if name in wanted]
+
+
 def evaluate_model(
     model_path: str | os.PathLike,
     data_dir: str | os.PathLike,
@@ -628,7 +651,6 @@ def evaluate_model(
         The report and the report folder.
     """
     from neuropath.class_match import check_class_names, check_manifest_classes
-    from neuropath.classes import CLASS_NAMES
     from neuropath.dataset import read_manifest, scan_dataset
     from neuropathology_model import NeuropathologyClassifier
 
@@ -641,7 +663,10 @@ def evaluate_model(
         records = test or records
     else:
         check_class_names(
-            classifier.class_names, CLASS_NAMES, str(model_path), str(data_dir)
+            classifier.class_names,
+            _classes_to_score(classifier.class_names, data_dir),
+            str(model_path),
+            str(data_dir),
         )
         scan = scan_dataset(data_dir, classifier.class_names)
         records, unusable = scan.records, scan.unusable

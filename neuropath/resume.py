@@ -36,6 +36,7 @@ __all__ = [
     "callback_state",
     "load_resume_point",
     "restore_checkpoint",
+    "truncate_event_logs",
     "truncate_training_log",
     "write_state_file",
 ]
@@ -298,3 +299,61 @@ def truncate_training_log(path: str | os.PathLike, epochs_done: int) -> None:
     with open(tmp, "w", newline="", encoding="utf-8") as handle:
         csv.writer(handle).writerows([header, *kept])
     os.replace(tmp, path)
+
+
+def truncate_event_logs(
+    log_dir: str | os.PathLike, epochs_done: int, gradient_steps: int
+) -> None:
+    """Drops the TensorBoard events written after the checkpoint resumed from.
+
+    A run killed between an epoch's TensorBoard write and its checkpoint would
+    otherwise show that epoch twice once resumed. Epoch summaries (``train/``,
+    ``validation/``) are kept up to epoch ``epochs_done - 1``, gradient
+    summaries (``gradients/``) up to training step ``gradient_steps``. Each
+    event file is rewritten atomically, and only when it holds later events or
+    a record cut short by the kill.
+
+    Args:
+        log_dir: the run's ``logs`` folder.
+        epochs_done: epochs completed at the checkpoint.
+        gradient_steps: the gradient logger's step at the checkpoint.
+    """
+    last_steps = {
+        "train": epochs_done - 1,
+        "validation": epochs_done - 1,
+        "gradients": gradient_steps,
+    }
+    for folder, last_step in last_steps.items():
+        for path in sorted(Path(log_dir, folder).glob("events.out.tfevents*")):
+            _drop_events_after(path, last_step)
+
+
+def _drop_events_after(path: Path, last_step: int) -> None:
+    import tensorflow as tf
+
+    records, cut_short = [], False
+    try:
+        for record in tf.data.TFRecordDataset(str(path)):
+            records.append(record.numpy())
+    except tf.errors.DataLossError:
+        cut_short = True
+    kept = [
+        record
+        for record in records
+        if not (event := tf.compat.v1.Event.FromString(record)).HasField("summary")
+        or event.step <= last_step
+    ]
+    if len(kept) == len(records) and not cut_short:
+        return
+    # No "tfevents" in the temporary name: a running TensorBoard ignores it.
+    tmp = path.with_name(".resume-rewrite.tmp")
+    with tf.io.TFRecordWriter(str(tmp)) as writer:
+        for record in kept:
+            writer.write(record)
+    os.replace(tmp, path)
+    logger.info(
+        "Dropped %d TensorBoard event(s) after step %d from %s",
+        len(records) - len(kept),
+        last_step,
+        path,
+    )

@@ -44,6 +44,15 @@ from neuropath.dataset import (
     split_records,
     write_manifest,
 )
+from neuropath.distribute import (
+    global_batch_size,
+    make_strategy,
+    precision_policy,
+    scaled_learning_rate,
+    shareable_batch_size,
+    wait_for_workers,
+    worker_run_dir,
+)
 from neuropath.divergence import NonFiniteLossGuard, TrainingDivergedError
 from neuropath.duplicates import assign_duplicate_groups
 from neuropath.evaluation import evaluate_records
@@ -56,6 +65,7 @@ from neuropath.resume import (
     callback_state,
     load_resume_point,
     restore_checkpoint,
+    truncate_event_logs,
     truncate_training_log,
 )
 from neuropathology_model import NeuropathologyClassifier, read_metadata
@@ -86,6 +96,7 @@ class TrainingResult:
         test_accuracy: accuracy on the test split, or ``None`` without one.
         report: the test-split evaluation report.
         minutes: wall-clock training and evaluation time.
+        replicas: model replicas trained in step (devices of all workers).
     """
 
     run_dir: Path
@@ -93,6 +104,7 @@ class TrainingResult:
     test_accuracy: float | None
     report: dict | None
     minutes: float
+    replicas: int = 1
 
 
 def build_classifier(config: RunConfig) -> NeuropathologyClassifier:
@@ -227,12 +239,22 @@ def _write_split(
         )
 
 
-def make_pipelines(config: RunConfig, records: list[Record]):
+def make_pipelines(
+    config: RunConfig,
+    records: list[Record],
+    batch_size: int | None = None,
+    replicas: int = 1,
+):
     """Builds the training and validation pipelines of a split.
 
     Args:
         config: the run's config (data, augmentation, batch size, seed).
         records: the split records.
+        batch_size: images per batch; ``train.batch_size`` by default. Under a
+            distribution strategy, the global batch.
+        replicas: replicas sharing each batch; with more than one, the last,
+            smaller training batch of an epoch is left out, and the validation
+            batch is chosen, so that no replica gets an empty share.
 
     Returns:
         ``(train_dataset, train_labels, val_dataset)``; the validation dataset
@@ -257,16 +279,31 @@ def make_pipelines(config: RunConfig, records: list[Record]):
         if not chosen:
             return None, []
         labels = [index[r.class_name] for r in chosen]
+        batch = batch_size or config.train.batch_size
+        drop_remainder = training and replicas > 1
+        if replicas > 1 and not training:
+            shared = shareable_batch_size(len(chosen), batch, replicas)
+            if shared is None:
+                logger.warning(
+                    "The %s split's %d images cannot be shared evenly by %d "
+                    "replicas; its last %d are left out of each evaluation.",
+                    split,
+                    len(chosen),
+                    replicas,
+                    len(chosen) % batch,
+                )
+            batch, drop_remainder = shared or batch, shared is None
         dataset = make_dataset(
             [root / r.path for r in chosen],
             labels,
             len(CLASS_NAMES),
             config.data.image_size,
-            config.train.batch_size,
+            batch,
             training=training,
             augmentation=augmentation if training else None,
             cache=_cache_for(config.data.cache, split),
             seed=config.train.seed,
+            drop_remainder=drop_remainder,
         )
         return dataset, labels
 
@@ -274,6 +311,13 @@ def make_pipelines(config: RunConfig, records: list[Record]):
     val_ds, _ = pipeline("val", training=False)
     if train_ds is None:
         raise ValueError("The training split is empty: there is nothing to train on.")
+    batch = batch_size or config.train.batch_size
+    if replicas > 1 and len(train_labels) < batch:
+        raise ValueError(
+            f"The training split holds {len(train_labels)} images, fewer than one "
+            f"global batch of {batch} ({replicas} replicas x train.batch_size); "
+            "lower train.batch_size or add images."
+        )
     return train_ds, train_labels, val_ds
 
 
@@ -405,11 +449,17 @@ def _stages(config: RunConfig) -> list[tuple[str, int, float]]:
     return stages
 
 
-def _learning_rate(config: RunConfig, initial: float, epochs: int, n_train: int):
+def _learning_rate(
+    config: RunConfig,
+    initial: float,
+    epochs: int,
+    n_train: int,
+    batch_size: int | None = None,
+):
     """A constant rate, or a cosine decay spanning the stage's steps."""
     if config.train.lr_schedule != "cosine":
         return initial
-    steps = epochs * math.ceil(n_train / config.train.batch_size)
+    steps = epochs * math.ceil(n_train / (batch_size or config.train.batch_size))
     return keras.optimizers.schedules.CosineDecay(initial, steps, alpha=0.01)
 
 
@@ -455,9 +505,15 @@ def train(
 ) -> TrainingResult:
     """Trains a classifier as ``config`` says and evaluates it on the test split.
 
+    The model is built and compiled under ``train.mixed_precision`` and inside
+    the ``train.strategy``'s scope; each step takes ``train.batch_size``
+    images per replica, at learning rates scaled by ``train.scale_learning_rate``.
+
     Args:
         config: the validated run config.
         run_dir: the run folder; by default a new one under ``config.runs_dir``.
+            In a multi-worker run only the chief writes it; the other workers
+            write to a temporary folder, returned in their result.
         resume_point: continue a stopped run from its last checkpoint instead
             (see `resume`); ``run_dir`` is then the point's.
 
@@ -468,6 +524,20 @@ def train(
         TrainingDivergedError: the loss or the gradients stopped being finite;
             the last good checkpoint is kept and no final model is written.
     """
+    # The strategy first: a multi-worker one must set up the runtime before
+    # any other TensorFlow work.
+    strategy = make_strategy(config.train.strategy)
+    with precision_policy(config.train.mixed_precision):
+        result = _train(
+            config, worker_run_dir(strategy, run_dir), strategy, resume_point
+        )
+    wait_for_workers(strategy)
+    return result
+
+
+def _train(
+    config: RunConfig, run_dir, strategy, resume_point: ResumePoint | None
+) -> TrainingResult:
     started = time.monotonic()
     resumed_epochs = resume_point.epochs_done if resume_point else 0
     # A resumed run draws new shuffles rather than replaying the first epochs'.
@@ -476,7 +546,8 @@ def train(
         # Data and model first: a refused folder or a missing weights file
         # should leave no run folder.
         records, unusable = select_records(config)
-        classifier = build_classifier(config)
+        with strategy.scope():
+            classifier = build_classifier(config)
         run_dir = prepare_run_dir(config, run_dir)
         _write_split(records, unusable, run_dir)
     else:
@@ -486,8 +557,14 @@ def train(
             saved, CLASS_NAMES, str(resume_point.checkpoint), "this version's classes"
         )
         records = read_manifest(run_dir / "split_manifest.csv", CLASS_NAMES)
-        classifier = build_classifier(config)
+        with strategy.scope():
+            classifier = build_classifier(config)
         truncate_training_log(run_dir / "training_log.csv", resumed_epochs)
+        truncate_event_logs(
+            run_dir / "logs",
+            resumed_epochs,
+            resume_point.state.get("gradient_steps", 0),
+        )
         logger.info(
             "Resuming %s after epoch %d (stage %s)",
             run_dir,
@@ -496,7 +573,11 @@ def train(
         )
     logger.info("Run folder: %s", run_dir)
 
-    train_ds, train_labels, val_ds = make_pipelines(config, records)
+    batch_size = global_batch_size(config.train.batch_size, strategy)
+    replicas = strategy.num_replicas_in_sync
+    train_ds, train_labels, val_ds = make_pipelines(
+        config, records, batch_size, replicas
+    )
     weights = (
         class_weights(train_labels, len(CLASS_NAMES))
         if config.train.class_weights
@@ -539,10 +620,17 @@ def train(
     epochs_done = resumed_epochs
     for stage, epochs, learning_rate in stages:
         _prepare_stage(classifier, config, stage)
-        classifier.compile(
-            _learning_rate(config, learning_rate, epochs, len(train_labels)),
-            clipnorm=config.train.gradient_clip_norm,
+        learning_rate = scaled_learning_rate(
+            learning_rate, replicas, config.train.scale_learning_rate
         )
+        with strategy.scope():
+            classifier.compile(
+                _learning_rate(
+                    config, learning_rate, epochs, len(train_labels), batch_size
+                ),
+                clipnorm=config.train.gradient_clip_norm,
+                jit_compile=config.train.jit_compile,
+            )
         counters = {}
         if restore is not None:
             restore_checkpoint(
@@ -559,11 +647,14 @@ def train(
             first_epoch=epochs_done - stage_done, epochs=epochs, callbacks=callbacks
         )
         logger.info(
-            "Stage %s: %d epoch(s) at learning rate %g, %d trainable weight tensors",
+            "Stage %s: %d epoch(s) at learning rate %g, %d trainable weight tensors, "
+            "%d replica(s) of %d images a step",
             stage,
             epochs - stage_done,
             learning_rate,
             len(classifier.model.trainable_weights),
+            replicas,
+            config.train.batch_size,
         )
         with warnings.catch_warnings():
             # Dropping undecodable files leaves the epoch length unknown, so
@@ -601,7 +692,7 @@ def train(
         )
     minutes = (time.monotonic() - started) / 60
     accuracy = report["accuracy"] if report else None
-    return TrainingResult(run_dir, model_path, accuracy, report, minutes)
+    return TrainingResult(run_dir, model_path, accuracy, report, minutes, replicas)
 
 
 def _raise_if_diverged(

@@ -17,6 +17,7 @@ import tensorflow as tf
 from conftest import REPO
 
 from neuropath.cli import main
+from neuropath.resume import truncate_event_logs
 from neuropathology_model import (
     METADATA_ENTRY,
     ModelFileError,
@@ -123,6 +124,26 @@ def test_a_run_killed_mid_epoch_resumes_without_losing_or_repeating_epochs(
     gradient_steps = [s for s in _event_steps(run_dir / "logs" / "gradients") if s]
     assert len(gradient_steps) == 2
     assert max(gradient_steps[0]) < min(gradient_steps[1])
+
+
+def test_events_written_after_the_checkpoint_are_dropped_on_resume(tmp_path):
+    # What a kill between TensorBoard's write of epoch index 3 and its
+    # checkpoint leaves: epochs 0-3 and gradient probes at steps 10-40 logged,
+    # a checkpoint after three epochs at gradient step 30.
+    logs = tmp_path / "logs"
+    for folder, steps in (("train", range(4)), ("gradients", (10, 20, 30, 40))):
+        with tf.summary.create_file_writer(str(logs / folder)).as_default():
+            for step in steps:
+                tf.summary.scalar("loss", float(step), step=step)
+    (events,) = (logs / "gradients").glob("events.out.tfevents.*")
+    # A record cut short by the kill.
+    events.write_bytes(events.read_bytes() + b"\x10\x00\x00")
+
+    truncate_event_logs(logs, epochs_done=3, gradient_steps=30)
+
+    assert _event_steps(logs / "train", "loss") == [[0, 1, 2]]
+    assert _event_steps(logs / "gradients", "loss") == [[10, 20, 30]]
+    assert [p.name for p in (logs / "gradients").iterdir()] == [events.name]
 
 
 def test_resume_refuses_a_finished_run_and_a_run_without_a_checkpoint(tmp_path, capsys):

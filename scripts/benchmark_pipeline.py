@@ -1,0 +1,200 @@
+#!/usr/bin/env python
+"""Images per second of the input pipeline, its decode bound and a naive loader.
+
+All on the same folder of images, repeated in order to ``--images`` per
+measurement, each figure the median of ``--repeats`` runs:
+
+(a) the decode bound: decoding and resizing alone, ``tf.data`` on all cores,
+    with the product's decoding and with full-size decoding;
+(b) the training pipeline (`make_dataset`), uncached first epoch and cached
+    epochs, without and with the training augmentation;
+(c) a naive ``keras.utils.PyDataset`` reading each file with Pillow and
+    augmenting it in NumPy (SciPy's affine map, as Keras 2's
+    ``ImageDataGenerator`` did), with one worker and with one thread per core,
+    and, for comparison, augmenting it with Pillow's own C resampling.
+
+The goals are printed with the ratios: uncached without augmentation at least
+80% of (a); with augmentation at least 60% of (a) and 5x the faster of the
+NumPy-augmenting loaders. The ratio to the Pillow-augmenting loader is
+printed beside them.
+
+    python scripts/benchmark_pipeline.py [--data-dir DIR] [--image-size 224]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+# Runnable from a checkout without installing the package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from neuropath.config import load_config  # noqa: E402
+from neuropath.dataset import make_augmentation, make_dataset, scan_dataset  # noqa: E402
+from neuropath.pipeline_benchmark import (  # noqa: E402
+    NaiveLoader,
+    decode_bound_dataset,
+    images_per_second,
+    median_rate,
+    naive_batches,
+    repeat_to,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+N_CLASSES = 17
+
+
+def _arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--data-dir",
+        default=str(REPO.parent / "shared" / "real-mri-sample"),
+        help="a data set folder (one sub-folder per class)",
+    )
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument(
+        "--naive-images", type=int, default=500, help="images per naive run"
+    )
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="a run config whose augmentation is used; the defaults otherwise",
+    )
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = _arguments()
+    augment = load_config(args.config).augment
+    scan = scan_dataset(args.data_dir, verify=False)
+    files = [str(Path(args.data_dir) / r.path) for r in scan.records]
+    paths = repeat_to(files, args.images)
+    labels = [i % N_CLASSES for i in range(len(paths))]
+    size, batch = args.image_size, args.batch_size
+
+    def pipeline(augmented: bool, cache: str | None):
+        augmentation = (
+            make_augmentation(
+                augment.rotation_degrees, augment.zoom, augment.horizontal_flip
+            )
+            if augmented
+            else None
+        )
+        return make_dataset(
+            paths,
+            labels,
+            N_CLASSES,
+            size,
+            batch,
+            training=True,
+            augmentation=augmentation,
+            cache=cache,
+        )
+
+    def cached_epoch(augmented: bool) -> float:
+        dataset = pipeline(augmented, "memory")
+        images_per_second(dataset)  # the first epoch fills the cache
+        return images_per_second(dataset)
+
+    naive_paths = repeat_to(files, args.naive_images)
+    naive_labels = np.eye(N_CLASSES, dtype="float32")[
+        [i % N_CLASSES for i in range(len(naive_paths))]
+    ]
+
+    def naive(augmented: bool, workers: int, augment_with: str = "numpy") -> float:
+        loader = NaiveLoader(
+            naive_paths,
+            naive_labels,
+            size,
+            batch,
+            augment=augmented,
+            rotation_degrees=augment.rotation_degrees,
+            zoom=augment.zoom,
+            augment_with=augment_with,
+        )
+        return images_per_second(naive_batches(loader, workers))
+
+    cores = os.cpu_count() or 1
+    print(
+        f"{len(files)} files from {args.data_dir}, repeated to {len(paths)} "
+        f"images ({len(naive_paths)} for the naive loader), {size} px, batches "
+        f"of {batch}, median of {args.repeats}, {cores} core(s), TensorFlow "
+        f"{tf.__version__}"
+    )
+    # Warm up: libraries, thread pools and the augmentation's first trace.
+    images_per_second(pipeline(True, None).take(4))
+
+    measurements = {
+        "a_bound": lambda: images_per_second(decode_bound_dataset(paths, size, batch)),
+        "a_bound_full": lambda: images_per_second(
+            decode_bound_dataset(paths, size, batch, full_size=True)
+        ),
+        "b_uncached": lambda: images_per_second(pipeline(False, None)),
+        "b_cached": lambda: cached_epoch(False),
+        "b_uncached_aug": lambda: images_per_second(pipeline(True, None)),
+        "b_cached_aug": lambda: cached_epoch(True),
+        "c_naive_1": lambda: naive(False, 1),
+        "c_naive_aug_1": lambda: naive(True, 1),
+        "c_naive_aug_all": lambda: naive(True, cores),
+        "c_pillow_aug_1": lambda: naive(True, 1, "pillow"),
+        "c_pillow_aug_all": lambda: naive(True, cores, "pillow"),
+    }
+    labels_text = {
+        "a_bound": "(a) decode bound, reduced-size JPEG decoding",
+        "a_bound_full": "(a) decode bound, full-size decoding",
+        "b_uncached": "(b) pipeline, uncached first epoch",
+        "b_cached": "(b) pipeline, cached epoch",
+        "b_uncached_aug": "(b) pipeline + augmentation, uncached first epoch",
+        "b_cached_aug": "(b) pipeline + augmentation, cached epoch",
+        "c_naive_1": "(c) naive PyDataset, no augmentation, 1 worker",
+        "c_naive_aug_1": "(c) naive PyDataset + NumPy augmentation, 1 worker",
+        "c_naive_aug_all": f"(c) naive PyDataset + NumPy augmentation, {cores} threads",
+        "c_pillow_aug_1": "(c) naive PyDataset + Pillow augmentation, 1 worker",
+        "c_pillow_aug_all": f"(c) naive PyDataset + Pillow augmentation, "
+        f"{cores} threads",
+    }
+    rates = {}
+    for key, measure in measurements.items():
+        rates[key] = median_rate(measure, args.repeats)
+        print(f"{labels_text[key]:<56} {rates[key]:8.0f} images/s", flush=True)
+
+    # The stricter of the two bounds, and the faster naive loader.
+    bound = max(rates["a_bound"], rates["a_bound_full"])
+    naive_best = max(rates["c_naive_aug_1"], rates["c_naive_aug_all"])
+    pillow_best = max(rates["c_pillow_aug_1"], rates["c_pillow_aug_all"])
+    goals = [
+        ("uncached / decode bound", rates["b_uncached"] / bound, 0.80),
+        (
+            "uncached + augmentation / decode bound",
+            rates["b_uncached_aug"] / bound,
+            0.60,
+        ),
+        (
+            "uncached + augmentation / naive + NumPy augmentation",
+            rates["b_uncached_aug"] / naive_best,
+            5.0,
+        ),
+    ]
+    print()
+    for name, ratio, goal in goals:
+        verdict = "meets" if ratio >= goal else "MISSES"
+        print(f"{name:<54} {ratio:6.2f}  (goal >= {goal:.2f}: {verdict})")
+    pillow_ratio = rates["b_uncached_aug"] / pillow_best
+    print(
+        f"{'uncached + augmentation / naive + Pillow augmentation':<54} "
+        f"{pillow_ratio:6.2f}  (no goal)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""JPEG decoding at a reduced DCT scale, checked against full-size decoding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import gradient_image, save_image
+from PIL import Image
+
+from neuropath.dataset import load_image
+from neuropath.image_files import read_image
+
+
+@pytest.mark.parametrize(
+    "height, width, size, scale",
+    [
+        (630, 630, 224, 2),  # 315 px still covers 224; 158 would not
+        (630, 630, 48, 8),
+        (630, 512, 79, 4),  # 1/8 would need 8 x 79 = 632 px
+        (630, 512, 80, 4),
+        (100, 50, 224, 1),  # smaller than the target: full size
+        (50, 400, 100, 4),  # the longer side counts, whichever it is
+    ],
+)
+def test_jpeg_is_decoded_at_the_largest_scale_that_keeps_the_longer_side(
+    tmp_path, height, width, size, scale
+):
+    path = save_image(tmp_path / "slice.jpg", gradient_image(height, width, 3))
+    image = read_image(path, reduce_to=size)
+    # A partly covered last row or column of blocks is cropped.
+    assert image.shape == (height // scale, width // scale, 3)
+    assert image.dtype == np.uint8
+    assert read_image(path).shape == (height, width, 3)
+
+
+def _real_jpegs(real_sample, count=6):
+    return sorted(real_sample.rglob("*.jpg"))[:count]
+
+
+def test_real_jpeg_is_decoded_at_the_reduced_size(real_sample):
+    path = _real_jpegs(real_sample, 1)[0]
+    width, height = Image.open(path).size
+    image = read_image(path, reduce_to=48)
+    assert image.shape == (height // 8, width // 8, 3)
+
+
+def _errors(real_sample, size):
+    """Mean absolute difference from the area-averaged full-size image, of the
+    reduced decoding and of full decoding with the plain bilinear resize."""
+    reduced, bilinear, correlations = [], [], []
+    for path in _real_jpegs(real_sample):
+        fast = load_image(tf.constant(str(path)), size).numpy()
+        with Image.open(path) as opened:
+            full = np.asarray(opened.convert("RGB"))
+        # Area averaging is what a DCT scale approximates.
+        area = tf.image.resize_with_pad(full, size, size, method="area").numpy()
+        plain = tf.image.resize_with_pad(full, size, size).numpy()
+        assert fast.shape == area.shape == (size, size, 3)
+        reduced.append(np.abs(fast - area).mean())
+        bilinear.append(np.abs(plain - area).mean())
+        correlations.append(np.corrcoef(fast.ravel(), area.ravel())[0, 1])
+    return np.array(reduced), np.array(bilinear), np.array(correlations)
+
+
+def test_reduced_decoding_at_224_px_matches_the_full_size_picture(real_sample):
+    reduced, _, correlations = _errors(real_sample, 224)
+    assert reduced.max() < 2.0, reduced
+    assert correlations.min() > 0.99, correlations
+
+
+def test_reduced_decoding_at_48_px_is_as_close_as_full_decoding(real_sample):
+    reduced, bilinear, _ = _errors(real_sample, 48)
+    # Fine detail aliases at 48 px either way; on average neither is worse.
+    assert reduced.mean() < 1.5 * bilinear.mean(), (reduced, bilinear)
+
+
+def test_other_formats_are_decoded_at_full_size(tmp_path):
+    path = save_image(tmp_path / "slice.png", gradient_image(300, 200, 3))
+    image = read_image(path, reduce_to=32)
+    assert image.shape == (300, 200, 3)
+    np.testing.assert_array_equal(image, gradient_image(300, 200, 3))
