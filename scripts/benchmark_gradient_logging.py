@@ -17,6 +17,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 # Runnable from a checkout without installing the package.
@@ -79,15 +80,19 @@ def _time_run(config, records, epochs: int, log_dir: Path):
     )
     # The epoch clock comes last, so an epoch's time includes the probe.
     before, clock = EpochClock(), EpochClock()
-    classifier.model.fit(
-        train,
-        validation_data=val,
-        epochs=epochs,
-        class_weight=weights,
-        callbacks=[before, watcher, clock],
-        shuffle=False,  # the pipeline shuffles
-        verbose=0,
-    )
+    with warnings.catch_warnings():
+        # A pipeline that may drop files has no known length: Keras warns at
+        # the end of each pass, which is the end of the epoch here.
+        warnings.filterwarnings("ignore", message="Your input ran out of data")
+        classifier.model.fit(
+            train,
+            validation_data=val,
+            epochs=epochs,
+            class_weight=weights,
+            callbacks=[before, watcher, clock],
+            shuffle=False,  # the pipeline shuffles
+            verbose=0,
+        )
     seconds = np.subtract(clock.ends, clock.starts)
     logger_seconds = np.subtract(clock.ends, before.ends)
     probed = (np.arange(epochs) + 1) % 2 == 0
