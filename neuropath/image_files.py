@@ -27,6 +27,7 @@ __all__ = [
     "is_hidden",
     "iter_class_files",
     "read_image",
+    "tensorflow_decodes_exactly",
 ]
 
 IMAGE_EXTENSIONS = frozenset(
@@ -46,6 +47,7 @@ _MAGIC_BYTES = (
     (b"RIFF", "WEBP"),
 )
 _HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+_EXIF_ORIENTATION = 0x0112
 
 
 class UnusableImageError(ValueError):
@@ -167,6 +169,30 @@ def read_image(
         if isinstance(err, UnusableImageError):
             raise
         raise UnusableImageError(name, _decode_reason(kind, err)) from None
+
+
+def tensorflow_decodes_exactly(path: str | os.PathLike | bytes) -> bool:
+    """Whether ``tf.io.decode_jpeg`` gives the pixels `read_image` gives.
+
+    True for a plain 8-bit greyscale or RGB JPEG, the public data set's
+    files, with no EXIF rotation: both decoders are libjpeg, with the same
+    scaled decoding. Only the header is read. Anything else (other formats,
+    CMYK, an EXIF orientation, an unreadable file) is False and goes through
+    `read_image`, which also names what is wrong with a bad file.
+
+    Args:
+        path: the file; ``bytes`` names are accepted as the file system
+            gives them.
+    """
+    try:
+        with Image.open(os.fsdecode(path)) as image:
+            return (
+                image.format == "JPEG"
+                and image.mode in ("L", "RGB")
+                and image.getexif().get(_EXIF_ORIENTATION, 1) == 1
+            )
+    except Exception:  # noqa: BLE001 - any failure means "not plain"
+        return False
 
 
 def _reduced_jpeg(image: Image.Image, side: int) -> Image.Image:

@@ -23,7 +23,7 @@ import scipy.ndimage
 import tensorflow as tf
 from PIL import Image
 
-from neuropath.dataset import load_image
+from neuropath.dataset import load_image, plain_jpeg_flags
 
 __all__ = [
     "NaiveLoader",
@@ -78,17 +78,18 @@ def decode_bound_dataset(
         Batches of ``(images, zeros)``.
     """
 
-    def decode(path):
+    def decode(path, plain):
         if full_size:
             image = tf.io.decode_image(
                 tf.io.read_file(path), channels=3, expand_animations=False
             )
             return tf.image.resize_with_pad(image, image_size, image_size)
-        return load_image(path, image_size)
+        return load_image(path, image_size, plain)
 
-    dataset = tf.data.Dataset.from_tensor_slices([str(p) for p in paths])
+    names = [str(p) for p in paths]
+    dataset = tf.data.Dataset.from_tensor_slices((names, plain_jpeg_flags(names)))
     dataset = dataset.map(
-        lambda path: (decode(path), 0),
+        lambda path, plain: (decode(path, plain), 0),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=False,
     )

@@ -8,8 +8,8 @@ import tensorflow as tf
 from conftest import gradient_image, save_image
 from PIL import Image
 
-from neuropath.dataset import load_image
-from neuropath.image_files import read_image
+from neuropath.dataset import load_image, make_dataset, plain_jpeg_flags
+from neuropath.image_files import read_image, tensorflow_decodes_exactly
 
 
 @pytest.mark.parametrize(
@@ -80,3 +80,64 @@ def test_other_formats_are_decoded_at_full_size(tmp_path):
     image = read_image(path, reduce_to=32)
     assert image.shape == (300, 200, 3)
     np.testing.assert_array_equal(image, gradient_image(300, 200, 3))
+
+
+def _noisy_slice(height, width, channels, seed=0):
+    """A ramp with noise: content in every DCT frequency, as real slices have."""
+    rng = np.random.default_rng(seed)
+    ramp = gradient_image(height, width, channels).astype(np.int16)
+    noise = rng.integers(-40, 40, ramp.shape)
+    return np.clip(ramp + noise, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    "height, width, size",
+    [(630, 630, 224), (630, 512, 79), (630, 630, 48), (100, 50, 224), (50, 400, 100)],
+)
+@pytest.mark.parametrize("channels", [None, 3])
+def test_tensorflow_decodes_a_plain_jpeg_to_the_pillow_pixels(
+    tmp_path, height, width, size, channels
+):
+    pixels = _noisy_slice(height, width, channels)
+    path = save_image(tmp_path / "slice.jpg", pixels, quality=90)
+    assert tensorflow_decodes_exactly(path)
+    name = tf.constant(str(path))
+    with_pillow = load_image(name, size, plain_jpeg=False).numpy()
+    np.testing.assert_array_equal(load_image(name, size, plain_jpeg=True), with_pillow)
+    np.testing.assert_array_equal(
+        load_image(name, size, plain_jpeg=tf.constant(True)), with_pillow
+    )
+
+
+def test_real_jpegs_are_plain_and_decode_alike_both_ways(real_sample):
+    paths = sorted(p for p in real_sample.rglob("*") if p.suffix in (".jpg", ".jpeg"))
+    assert len(paths) > 100 and all(plain_jpeg_flags([str(p) for p in paths]))
+    for path in paths[::7]:
+        name = tf.constant(str(path))
+        for size in (224, 48):
+            np.testing.assert_array_equal(
+                load_image(name, size, plain_jpeg=True),
+                load_image(name, size, plain_jpeg=False),
+            )
+
+
+def test_files_tensorflow_would_decode_differently_are_not_plain(tmp_path):
+    grey = _noisy_slice(80, 60, None)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways, to be turned 90 degrees
+    rotated = save_image(tmp_path / "rotated.jpg", grey, exif=exif)
+    cmyk = tmp_path / "cmyk.jpg"
+    Image.fromarray(_noisy_slice(80, 60, 3)).convert("CMYK").save(cmyk)
+    png = save_image(tmp_path / "slice.png", grey)
+    deep = tmp_path / "deep.png"
+    Image.fromarray(grey.astype(np.uint16) * 200).save(deep)
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    upright = save_image(tmp_path / "upright.jpg", grey)
+    names = [rotated, cmyk, png, deep, text, tmp_path / "missing.jpg", upright]
+
+    assert plain_jpeg_flags([str(p) for p in names]) == [False] * 6 + [True]
+    # The pipeline turns the EXIF-rotated file, as read_image does.
+    (image, _), *_ = make_dataset([str(rotated)], [0], 17, 48, 1).unbatch()
+    np.testing.assert_array_equal(image, load_image(tf.constant(str(rotated)), 48))
+    assert read_image(rotated).shape == (60, 80, 3)
