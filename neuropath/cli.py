@@ -313,7 +313,8 @@ def _run_explain(args: argparse.Namespace) -> int:
             f"{sanity.mean:.2f} (threshold {sanity.threshold:.2f})"
         )
     print(f"page: {os.path.join(args.out, 'index.html')}")
-    return 0
+    # A failed check is a result scripts must see, like a failed test.
+    return 1 if sanity is not None and not sanity.passed else 0
 
 
 def _run_gradcheck(args: argparse.Namespace) -> int:

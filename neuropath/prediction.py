@@ -123,6 +123,8 @@ def read_slice(path: str | os.PathLike, image_size: int) -> np.ndarray:
     """
     path = Path(path)
     if not path.is_file():
+        if _GLOB_CHARACTERS & set(str(path)) and not path.exists():
+            raise FileNotFoundError("no file matches this pattern")
         raise FileNotFoundError("no such file")
     if is_dicom(path):
         pixels = read_dicom_slice(path)

@@ -25,6 +25,7 @@ from neuropath.explanation import (
 )
 from neuropath.gradcam import GradCam, feature_layer_name, normalize_maps
 from neuropath.saliency_sanity import (
+    RandomisationResult,
     model_randomisation_test,
     randomised_head,
     rank_correlations,
@@ -427,3 +428,17 @@ def test_the_report_gallery_shows_an_overlay_beside_each_mistake(
     assert page.count('alt="Grad-CAM of ') == len(mistakes)
     with Image.open(out / "mistakes.png") as gallery:
         assert gallery.width > 1000
+
+
+@pytest.mark.parametrize("correlation, status", [(0.9, 1), (0.1, 0)])
+def test_explain_exits_1_when_the_randomisation_check_fails(
+    monkeypatch, tmp_path, capsys, correlation, status
+):
+    def explained(*args, **kwargs):
+        return [], RandomisationResult(np.array([correlation]))
+
+    monkeypatch.setattr("neuropath.explanation.explain_files", explained)
+    command = ["explain", "model.keras", "a.jpg", "--out", str(tmp_path), "--sanity"]
+    assert main(command) == status
+    verdict = "fails" if status else "passes"
+    assert f"randomisation check {verdict}" in capsys.readouterr().out

@@ -11,7 +11,7 @@ from neuropath.classes import CLASS_NAMES
 from neuropath.cli import main
 from neuropath.dataset import Record
 from neuropath.evaluation import predict_records
-from neuropath.prediction import expand_inputs, predict_files
+from neuropath.prediction import expand_inputs, predict_files, read_slice
 from neuropathology_model import NeuropathologyClassifier
 
 
@@ -170,3 +170,10 @@ def test_nothing_to_predict_is_a_usage_error(small_model_file, tmp_path, capsys)
     )
     assert code == 2
     assert "No image or DICOM file found" in capsys.readouterr().err
+
+
+def test_a_missing_file_and_an_empty_pattern_get_their_own_reasons(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        read_slice(tmp_path / "nope.jpg", 32)
+    with pytest.raises(FileNotFoundError, match="no file matches this pattern"):
+        read_slice(tmp_path / "*.png", 32)
