@@ -420,15 +420,21 @@ def _decode_file(path, image_size) -> np.ndarray:
     return read_image(np.asarray(path).item(), reduce_to=int(image_size))
 
 
-def _decode_plain_jpeg(path: tf.Tensor, image_size: int) -> tf.Tensor:
-    """`read_image` of a plain JPEG, in the graph: no Python, no GIL.
+def _pad_and_resize(image: tf.Tensor, image_size: int) -> tf.Tensor:
+    # Padding keeps the anatomy's aspect ratio; MRI background is black.
+    return tf.image.resize_with_pad(image, image_size, image_size)
+
+
+def _plain_jpeg(path: tf.Tensor, image_size: int) -> tf.Tensor:
+    """`read_image` of a plain JPEG, padded and resized, in the graph.
 
     The same DCT scale as `neuropath.image_files`: the largest s of 1, 2, 4
     and 8 that leaves the longer side at least ``image_size``, and the same
-    crop of the scaled grid.
+    crop of the scaled grid. A greyscale file is resized as one channel and
+    copied to three afterwards: the same pixels for a third of the resizing.
     """
     contents = tf.io.read_file(path)
-    shape = tf.image.extract_jpeg_shape(contents)
+    shape = tf.image.extract_jpeg_shape(contents, output_type=tf.int32)
     longer = tf.maximum(shape[0], shape[1])
     # Index of the scale: 0 for 1, 1 for 2, 2 for 4, 3 for 8.
     steps = tf.reduce_sum(
@@ -438,13 +444,18 @@ def _decode_plain_jpeg(path: tf.Tensor, image_size: int) -> tf.Tensor:
     def decode(scale: int):
         def branch():
             image = tf.io.decode_jpeg(
-                contents, channels=3, ratio=scale, dct_method="INTEGER_ACCURATE"
+                contents, ratio=scale, dct_method="INTEGER_ACCURATE"
             )
             return image[: shape[0] // scale, : shape[1] // scale]
 
         return branch
 
-    return tf.switch_case(steps, [decode(s) for s in (1, 2, 4, 8)])
+    image = tf.switch_case(steps, [decode(s) for s in (1, 2, 4, 8)])
+    resized = _pad_and_resize(image, image_size)
+    resized = tf.cond(
+        shape[2] == 1, lambda: tf.tile(resized, [1, 1, 3]), lambda: resized
+    )
+    return tf.ensure_shape(resized, [image_size, image_size, 3])
 
 
 def load_image(
@@ -457,7 +468,7 @@ def load_image(
     greyscale, so training would see other pixels than the check approved.
     Plain JPEGs (see `neuropath.image_files.tensorflow_decodes_exactly`),
     when flagged, are decoded by ``tf.io`` instead, to the same pixels and
-    several times faster on many cores.
+    without Python's global lock, which would queue many decoding threads.
 
     Args:
         path: a scalar string tensor, the file's path (bytes as the file
@@ -475,16 +486,11 @@ def load_image(
         image = tf.numpy_function(
             _decode_file, [path, image_size], tf.uint8, stateful=False
         )
-        return tf.ensure_shape(image, [None, None, 3])
+        return _pad_and_resize(tf.ensure_shape(image, [None, None, 3]), image_size)
 
     if isinstance(plain_jpeg, bool):
-        image = _decode_plain_jpeg(path, image_size) if plain_jpeg else with_pillow()
-    else:
-        image = tf.cond(
-            plain_jpeg, lambda: _decode_plain_jpeg(path, image_size), with_pillow
-        )
-    # Padding keeps the anatomy's aspect ratio; MRI background is black.
-    return tf.image.resize_with_pad(image, image_size, image_size)
+        return _plain_jpeg(path, image_size) if plain_jpeg else with_pillow()
+    return tf.cond(plain_jpeg, lambda: _plain_jpeg(path, image_size), with_pillow)
 
 
 def plain_jpeg_flags(paths: Sequence[str | bytes]) -> list[bool]:
