@@ -20,12 +20,14 @@ import random
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 import yaml
 
 from neuropath.callbacks import CheckpointSaver, LearningRateInLogs
@@ -77,11 +79,14 @@ __all__ = [
     "prepare_run_dir",
     "probe_batch",
     "resume",
+    "records_dataset",
     "select_records",
     "train",
 ]
 
 UNUSABLE_LIST = "unusable_files.csv"
+# Class name to its output index, in the canonical order.
+CLASS_INDEX = {name: i for i, name in enumerate(CLASS_NAMES)}
 
 logger = logging.getLogger(__name__)
 
@@ -239,6 +244,28 @@ def _write_split(
         )
 
 
+def records_dataset(
+    config: RunConfig, records: Sequence[Record], batch_size: int, **options
+) -> tf.data.Dataset:
+    """`make_dataset` over split records: their files and class indices.
+
+    Args:
+        config: the run's config (data folder and image size).
+        records: the records to stream, in order.
+        batch_size: images per batch.
+        **options: further `make_dataset` arguments (``training``,
+            ``augmentation``, ``cache``, ``seed``, ``drop_remainder``).
+    """
+    return make_dataset(
+        [Path(config.data.data_dir) / r.path for r in records],
+        [CLASS_INDEX[r.class_name] for r in records],
+        len(CLASS_NAMES),
+        config.data.image_size,
+        batch_size,
+        **options,
+    )
+
+
 def make_pipelines(
     config: RunConfig,
     records: list[Record],
@@ -260,8 +287,6 @@ def make_pipelines(
         ``(train_dataset, train_labels, val_dataset)``; the validation dataset
         is ``None`` when the validation split is empty.
     """
-    root = Path(config.data.data_dir)
-    index = {name: i for i, name in enumerate(CLASS_NAMES)}
     augment = config.augment
     augmentation = (
         make_augmentation(
@@ -278,7 +303,7 @@ def make_pipelines(
         chosen = [r for r in records if r.split == split]
         if not chosen:
             return None, []
-        labels = [index[r.class_name] for r in chosen]
+        labels = [CLASS_INDEX[r.class_name] for r in chosen]
         batch = batch_size or config.train.batch_size
         drop_remainder = training and replicas > 1
         if replicas > 1 and not training:
@@ -293,11 +318,9 @@ def make_pipelines(
                     len(chosen) % batch,
                 )
             batch, drop_remainder = shared or batch, shared is None
-        dataset = make_dataset(
-            [root / r.path for r in chosen],
-            labels,
-            len(CLASS_NAMES),
-            config.data.image_size,
+        dataset = records_dataset(
+            config,
+            chosen,
             batch,
             training=training,
             augmentation=augmentation if training else None,
@@ -346,15 +369,7 @@ def probe_batch(
     sample = random.Random(config.train.seed).sample(
         chosen, min(config.gradients.probe_size, len(chosen))
     )
-    index = {name: i for i, name in enumerate(CLASS_NAMES)}
-    dataset = make_dataset(
-        [Path(config.data.data_dir) / r.path for r in sample],
-        [index[r.class_name] for r in sample],
-        len(CLASS_NAMES),
-        config.data.image_size,
-        len(sample),
-        training=False,
-    )
+    dataset = records_dataset(config, sample, len(sample))
     images, labels = next(iter(dataset))
     return keras.ops.convert_to_numpy(images), keras.ops.convert_to_numpy(labels)
 

@@ -30,8 +30,12 @@ import tensorflow as tf  # noqa: E402
 
 from neuropath.classes import CLASS_NAMES  # noqa: E402
 from neuropath.config import load_config  # noqa: E402
-from neuropath.dataset import make_dataset, scan_dataset, split_records  # noqa: E402
-from neuropath.training import build_classifier, make_pipelines  # noqa: E402
+from neuropath.dataset import scan_dataset, split_records  # noqa: E402
+from neuropath.training import (  # noqa: E402
+    build_classifier,
+    make_pipelines,
+    records_dataset,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,14 +57,7 @@ class EpochClock(keras.callbacks.Callback):
 def _in_memory(config, records, batch_size: int) -> tf.data.Dataset:
     """The training images decoded once into one tensor, batched from memory."""
     chosen = [r for r in records if r.split == "train"]
-    index = {name: i for i, name in enumerate(CLASS_NAMES)}
-    decoded = make_dataset(
-        [Path(config.data.data_dir) / r.path for r in chosen],
-        [index[r.class_name] for r in chosen],
-        len(CLASS_NAMES),
-        config.data.image_size,
-        256,
-    )
+    decoded = records_dataset(config, chosen, 256)
     images = np.concatenate([b[0].numpy() for b in decoded])
     labels = np.concatenate([b[1].numpy() for b in decoded])
     dataset = tf.data.Dataset.from_tensors((tf.constant(images), tf.constant(labels)))
