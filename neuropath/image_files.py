@@ -47,6 +47,12 @@ _MAGIC_BYTES = (
     (b"RIFF", "WEBP"),
 )
 _HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+# Images past Pillow's pixel limit are refused by `_check_dimensions`, with the
+# reason; Pillow's warning would only repeat it. Filtered once here, since
+# files are opened from many threads and `warnings.catch_warnings` is not
+# thread-safe: one thread leaving it restores the filters under another.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 _EXIF_ORIENTATION = 0x0112
 
 
@@ -148,16 +154,13 @@ def read_image(
     _check_file(name)
     kind = _sniff_format(name)
     try:
-        with warnings.catch_warnings():
-            # Images past MAX_IMAGE_PIXELS are refused below, not warned about.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(name) as image:
-                kind = image.format or kind
-                _check_dimensions(name, image)
-                image.seek(0)
-                if reduce_to and kind == "JPEG":
-                    image = _reduced_jpeg(image, reduce_to)
-                return _to_rgb(ImageOps.exif_transpose(image))
+        with Image.open(name) as image:
+            kind = image.format or kind
+            _check_dimensions(name, image)
+            image.seek(0)
+            if reduce_to and kind == "JPEG":
+                image = _reduced_jpeg(image, reduce_to)
+            return _to_rgb(ImageOps.exif_transpose(image))
     except UnidentifiedImageError:
         raise UnusableImageError(name, "not an image (text/unknown format)") from None
     except Image.DecompressionBombError as err:
@@ -184,8 +187,10 @@ def tensorflow_decodes_exactly(path: str | os.PathLike | bytes) -> bool:
         path: the file; ``bytes`` names are accepted as the file system
             gives them.
     """
+    name = os.fsdecode(path)
     try:
-        with Image.open(os.fsdecode(path)) as image:
+        with Image.open(name) as image:
+            _check_dimensions(name, image)
             return (
                 image.format == "JPEG"
                 and image.mode in ("L", "RGB")

@@ -141,3 +141,14 @@ def test_files_tensorflow_would_decode_differently_are_not_plain(tmp_path):
     (image, _), *_ = make_dataset([str(rotated)], [0], 17, 48, 1).unbatch()
     np.testing.assert_array_equal(image, load_image(tf.constant(str(rotated)), 48))
     assert read_image(rotated).shape == (60, 80, 3)
+
+
+def test_files_past_the_size_guards_are_left_to_pillow(tmp_path, monkeypatch):
+    path = save_image(tmp_path / "slice.jpg", _noisy_slice(80, 60, None))
+    tiny = save_image(tmp_path / "icon.jpg", _noisy_slice(16, 16, None))
+    assert plain_jpeg_flags([str(path), str(tiny)]) == [True, False]
+    # A smaller bomb limit: the same file is now past it, and read_image says so.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)
+    assert not tensorflow_decodes_exactly(path)
+    with pytest.raises(ValueError, match="decompression bomb guard"):
+        read_image(path)
