@@ -33,6 +33,7 @@ __all__ = [
     "format_gradient_table",
     "parameter_layout",
     "plot_mean_abs_gradients",
+    "read_events",
     "read_gradient_table",
 ]
 
@@ -745,6 +746,27 @@ class GradientNormRow:
     flag: str
 
 
+def read_events(path: str | os.PathLike) -> tuple[list, bool]:
+    """The events of one TensorBoard event file, as far as it can be read.
+
+    Args:
+        path: an ``events.out.tfevents.*`` file.
+
+    Returns:
+        ``(events, complete)``: the ``tf.compat.v1.Event`` protos in file
+        order, and whether the file ended cleanly (``False`` when a record
+        was cut short, as by a killed writer; the events before it are kept).
+    """
+    events = []
+    try:
+        for record in tf.data.TFRecordDataset(str(path)):
+            events.append(tf.compat.v1.Event.FromString(record.numpy()))
+    except tf.errors.DataLossError as err:
+        logger.warning("The event file %s is cut short: %s", path, err)
+        return events, False
+    return events, True
+
+
 def _read_norm_series(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """``{tag: [(step, value), ...]}`` of the ``gradient_norm/`` scalars.
 
@@ -752,20 +774,16 @@ def _read_norm_series(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
     the model's input-to-output order; older tags follow.
     """
     series: dict[str, list[tuple[int, float]]] = {}
-    for events in sorted(log_dir.glob("events.out.tfevents*"), reverse=True):
-        try:
-            for record in tf.data.TFRecordDataset(str(events)):
-                event = tf.compat.v1.Event.FromString(record.numpy())
-                for value in event.summary.value:
-                    if not value.tag.startswith(NORM_PREFIX):
-                        continue
-                    if value.HasField("simple_value"):
-                        number = float(value.simple_value)
-                    else:
-                        number = float(tf.make_ndarray(value.tensor).ravel()[0])
-                    series.setdefault(value.tag, []).append((event.step, number))
-        except tf.errors.DataLossError as err:
-            logger.warning("Skipping the truncated event file %s: %s", events, err)
+    for path in sorted(log_dir.glob("events.out.tfevents*"), reverse=True):
+        for event in read_events(path)[0]:
+            for value in event.summary.value:
+                if not value.tag.startswith(NORM_PREFIX):
+                    continue
+                if value.HasField("simple_value"):
+                    number = float(value.simple_value)
+                else:
+                    number = float(tf.make_ndarray(value.tensor).ravel()[0])
+                series.setdefault(value.tag, []).append((event.step, number))
     return {tag: sorted(points) for tag, points in series.items()}
 
 

@@ -331,29 +331,21 @@ def truncate_event_logs(
 def _drop_events_after(path: Path, last_step: int) -> None:
     import tensorflow as tf
 
-    records, cut_short = [], False
-    try:
-        for record in tf.data.TFRecordDataset(str(path)):
-            records.append(record.numpy())
-    except tf.errors.DataLossError:
-        cut_short = True
-    kept = [
-        record
-        for record in records
-        if not (event := tf.compat.v1.Event.FromString(record)).HasField("summary")
-        or event.step <= last_step
-    ]
-    if len(kept) == len(records) and not cut_short:
+    from neuropath.gradient_logging import read_events
+
+    events, complete = read_events(path)
+    kept = [e for e in events if not e.HasField("summary") or e.step <= last_step]
+    if len(kept) == len(events) and complete:
         return
     # No "tfevents" in the temporary name: a running TensorBoard ignores it.
     tmp = path.with_name(".resume-rewrite.tmp")
     with tf.io.TFRecordWriter(str(tmp)) as writer:
-        for record in kept:
-            writer.write(record)
+        for event in kept:
+            writer.write(event.SerializeToString())
     os.replace(tmp, path)
     logger.info(
         "Dropped %d TensorBoard event(s) after step %d from %s",
-        len(records) - len(kept),
+        len(events) - len(kept),
         last_step,
         path,
     )

@@ -351,19 +351,15 @@ def read_gradient_logs(
         ``{tag: [(step, value), ...]}`` sorted by step, in the order the tags
         first appear; empty when there are none.
     """
-    import tensorflow as tf
+    from neuropath.gradient_logging import read_events
 
     series: dict[str, list[tuple[int, float]]] = {}
-    for events in sorted(Path(run_dir, "logs").rglob("events.out.tfevents*")):
-        try:
-            for record in tf.data.TFRecordDataset(str(events)):
-                event = tf.compat.v1.Event.FromString(record.numpy())
-                for value in event.summary.value:
-                    scalar = _scalar(value)
-                    if "grad" in value.tag.lower() and scalar is not None:
-                        series.setdefault(value.tag, []).append((event.step, scalar))
-        except tf.errors.DataLossError as err:
-            logger.warning("Skipping the truncated event file %s: %s", events, err)
+    for path in sorted(Path(run_dir, "logs").rglob("events.out.tfevents*")):
+        for event in read_events(path)[0]:
+            for value in event.summary.value:
+                scalar = _scalar(value)
+                if "grad" in value.tag.lower() and scalar is not None:
+                    series.setdefault(value.tag, []).append((event.step, scalar))
     return {tag: sorted(points) for tag, points in series.items()}
 
 
