@@ -43,6 +43,9 @@ class DataConfig:
         manifest: an existing split manifest (CSV) to reuse instead of
             splitting anew.
         cache: ``"memory"``, a directory for an on-disk cache, or ``None``.
+            A cache holds the resized images (float32, 0.6 MB each at 224 px)
+            so that later epochs skip decoding; without one, nothing is held
+            and the augmentation is done in the resampling that resizes.
         verify_images: decode every file once before training and leave out
             those that fail.
         strict: refuse to train when any file is unusable, instead of

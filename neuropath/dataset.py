@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from neuropath.augmentation import RandomFlipRotateZoom
+from neuropath.augmentation import RandomFlipRotateZoom, equal_channels
 from neuropath.classes import CLASS_NAMES, canonical_class_name, short_name
 from neuropath.image_files import (
     IMAGE_EXTENSIONS,
@@ -41,11 +41,14 @@ __all__ = [
     "Record",
     "class_weights",
     "image_problem",
+    "augmentation_maps",
     "load_image",
     "make_augmentation",
     "make_dataset",
     "plain_jpeg_flags",
     "read_manifest",
+    "resize_with_pad_and_warp",
+    "resize_with_pad_map",
     "scan_dataset",
     "split_records",
     "write_manifest",
@@ -416,6 +419,47 @@ def make_augmentation(
     return keras.Sequential(layers, name="augmentation")
 
 
+def _single_warp(
+    augmentation: keras.layers.Layer | None,
+) -> RandomFlipRotateZoom | None:
+    """The bilinear flip-rotate-zoom layer when it is the whole of ``augmentation``."""
+    if isinstance(augmentation, keras.Sequential) and len(augmentation.layers) == 1:
+        augmentation = augmentation.layers[0]
+    if (
+        isinstance(augmentation, RandomFlipRotateZoom)
+        and augmentation.interpolation == "bilinear"
+    ):
+        return augmentation
+    return None
+
+
+def augmentation_maps(
+    augmentation: RandomFlipRotateZoom, image_size: int, seed: int
+) -> tf.data.Dataset:
+    """An endless stream of the augmentation's random maps, one per image.
+
+    Each element is the 8 coefficients of `RandomFlipRotateZoom.inverse_maps`
+    for a square of side ``image_size``. The maps are drawn 256 at a time from
+    stateless random numbers: a few vector operations instead of some twenty
+    scalar ones and a seed-variable update per image. The stream follows from
+    ``seed`` and changes every time the dataset is iterated again.
+    """
+    chunk = 256
+    keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    return (
+        keys.batch(2)
+        .map(
+            lambda pair: augmentation.inverse_maps(
+                chunk,
+                image_size,
+                image_size,
+                tf.random.stateless_uniform((chunk, 3), seed=pair),
+            )
+        )
+        .unbatch()
+    )
+
+
 def _decode_file(path, image_size) -> np.ndarray:
     return read_image(np.asarray(path).item(), reduce_to=int(image_size))
 
@@ -425,7 +469,96 @@ def _pad_and_resize(image: tf.Tensor, image_size: int) -> tf.Tensor:
     return tf.image.resize_with_pad(image, image_size, image_size)
 
 
-def _plain_jpeg(path: tf.Tensor, image_size: int) -> tf.Tensor:
+def resize_with_pad_map(
+    height: tf.Tensor, width: tf.Tensor, image_size: int
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """``tf.image.resize_with_pad`` as a map from output to input pixels.
+
+    Pixel ``(x, y)`` of the padded square samples the input at
+    ``((x - left + 0.5) * x_scale - 0.5, (y - top + 0.5) * y_scale - 0.5)``:
+    bilinear resizing with half-pixel centres, with TensorFlow's own rounding
+    of the resized size and of the padding.
+
+    Returns:
+        float32 scalars ``(x_scale, left, y_scale, top)``.
+    """
+    rows, columns = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+    side = tf.cast(image_size, tf.float32)
+    ratio = tf.maximum(columns / side, rows / side)
+    x_scale = columns / tf.floor(columns / ratio)
+    y_scale = rows / tf.floor(rows / ratio)
+    left = tf.maximum(tf.floor((side - columns / ratio) / 2), 0.0)
+    top = tf.maximum(tf.floor((side - rows / ratio) / 2), 0.0)
+    return x_scale, left, y_scale, top
+
+
+def resize_with_pad_and_warp(
+    image: tf.Tensor, image_size: int, augment_map: tf.Tensor
+) -> tf.Tensor:
+    """``tf.image.resize_with_pad``, then a warp of the square, as one resampling.
+
+    Resizing and the warp are both maps of the pixel grid, so they compose
+    into one bilinear resampling: less work than resizing and then warping
+    the batch, and one interpolation less blur. Inside the image the result
+    is what resizing then warping gives on a smooth image; at the image's
+    edges it blends with the black fill where resizing would repeat the edge
+    pixel, a half-pixel rim of background in an MRI slice. A greyscale image
+    (one channel, or three equal ones) is warped as one channel and copied to
+    three.
+
+    Args:
+        image: pixels ``(height, width, channels)``, 1 or 3 channels.
+        image_size: side of the square result.
+        augment_map: the warp of the ``image_size`` square, 8 coefficients in
+            the layout of `RandomFlipRotateZoom.inverse_maps`.
+
+    Returns:
+        float32 pixels ``(image_size, image_size, 3)``.
+    """
+    shape = tf.shape(image)
+    x_scale, left, y_scale, top = resize_with_pad_map(shape[0], shape[1], image_size)
+    a = tf.cast(augment_map, tf.float32)
+    transform = tf.stack(
+        [
+            x_scale * a[0],
+            x_scale * a[1],
+            x_scale * (a[2] - left + 0.5) - 0.5,
+            y_scale * a[3],
+            y_scale * a[4],
+            y_scale * (a[5] - top + 0.5) - 0.5,
+            0.0,
+            0.0,
+        ]
+    )
+
+    pixels = tf.cast(image, tf.float32)
+
+    def warp(channels):
+        warped = tf.raw_ops.ImageProjectiveTransformV3(
+            images=channels[tf.newaxis],
+            transforms=transform[tf.newaxis],
+            output_shape=[image_size, image_size],
+            fill_value=0.0,
+            interpolation="BILINEAR",
+            fill_mode="CONSTANT",
+        )
+        return warped[0]
+
+    def grey():
+        return tf.tile(warp(pixels[..., :1]), [1, 1, 3])
+
+    def colour_or_grey():
+        rgb = tf.ensure_shape(pixels, [None, None, 3])
+        return tf.cond(equal_channels(rgb), grey, lambda: warp(rgb))
+
+    # Only a three-channel image needs the comparison of its channels.
+    warped = tf.cond(shape[2] == 1, grey, colour_or_grey)
+    return tf.ensure_shape(warped, [image_size, image_size, 3])
+
+
+def _plain_jpeg(
+    path: tf.Tensor, image_size: int, augment_map: tf.Tensor | None = None
+) -> tf.Tensor:
     """`read_image` of a plain JPEG, padded and resized, in the graph.
 
     The same DCT scale as `neuropath.image_files`: the largest s of 1, 2, 4
@@ -451,6 +584,8 @@ def _plain_jpeg(path: tf.Tensor, image_size: int) -> tf.Tensor:
         return branch
 
     image = tf.switch_case(steps, [decode(s) for s in (1, 2, 4, 8)])
+    if augment_map is not None:
+        return resize_with_pad_and_warp(image, image_size, augment_map)
     resized = _pad_and_resize(image, image_size)
     resized = tf.cond(
         shape[2] == 1, lambda: tf.tile(resized, [1, 1, 3]), lambda: resized
@@ -459,7 +594,10 @@ def _plain_jpeg(path: tf.Tensor, image_size: int) -> tf.Tensor:
 
 
 def load_image(
-    path: tf.Tensor, image_size: int, plain_jpeg: tf.Tensor | bool = False
+    path: tf.Tensor,
+    image_size: int,
+    plain_jpeg: tf.Tensor | bool = False,
+    augment_map: tf.Tensor | None = None,
 ) -> tf.Tensor:
     """Decodes one image file to RGB and pads-and-resizes it to a square.
 
@@ -476,6 +614,9 @@ def load_image(
         image_size: side of the square result.
         plain_jpeg: a boolean (scalar tensor or Python bool): the file is a
             plain JPEG.
+        augment_map: when given, the 8 coefficients of a warp of the square
+            output (`RandomFlipRotateZoom.inverse_maps`), applied in the same
+            bilinear resampling as the resize (`resize_with_pad_and_warp`).
 
     Returns:
         float32 pixels in 0-255, shape ``(image_size, image_size, 3)``;
@@ -486,11 +627,17 @@ def load_image(
         image = tf.numpy_function(
             _decode_file, [path, image_size], tf.uint8, stateful=False
         )
-        return _pad_and_resize(tf.ensure_shape(image, [None, None, 3]), image_size)
+        image = tf.ensure_shape(image, [None, None, 3])
+        if augment_map is not None:
+            return resize_with_pad_and_warp(image, image_size, augment_map)
+        return _pad_and_resize(image, image_size)
+
+    def with_tensorflow():
+        return _plain_jpeg(path, image_size, augment_map)
 
     if isinstance(plain_jpeg, bool):
-        return _plain_jpeg(path, image_size) if plain_jpeg else with_pillow()
-    return tf.cond(plain_jpeg, lambda: _plain_jpeg(path, image_size), with_pillow)
+        return with_tensorflow() if plain_jpeg else with_pillow()
+    return tf.cond(plain_jpeg, with_tensorflow, with_pillow)
 
 
 def plain_jpeg_flags(paths: Sequence[str | bytes]) -> list[bool]:
@@ -523,7 +670,10 @@ def make_dataset(
         image_size: side of the square output images.
         batch_size: images per batch.
         training: shuffle every epoch and apply ``augmentation``.
-        augmentation: a layer applied to training batches.
+        augmentation: a layer applied to training batches. Without a cache, a
+            `RandomFlipRotateZoom` (alone or as the one layer of a
+            ``Sequential``) is applied to each image as it is resized instead,
+            in the same resampling.
         cache: ``"memory"``, a directory for an on-disk cache, or ``None``.
         seed: shuffle seed.
         drop_remainder: leave out the last, smaller batch of each epoch (every
@@ -553,11 +703,27 @@ def make_dataset(
         dataset = dataset.shuffle(
             max(len(paths), 1), seed=seed, reshuffle_each_iteration=True
         )
-    dataset = dataset.map(
-        lambda path, plain, label: (load_image(path, image_size, plain), label),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=not training,
-    ).ignore_errors(log_warning=True)
+    # Uncached, each image is augmented in the resampling that resizes it; a
+    # cache must hold the images before augmentation, so the batches are
+    # warped after it.
+    fused = _single_warp(augmentation) if training and not cache else None
+    if fused is None:
+        dataset = dataset.map(
+            lambda path, plain, label: (load_image(path, image_size, plain), label),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=not training,
+        )
+    else:
+        maps = augmentation_maps(fused, image_size, seed)
+        dataset = tf.data.Dataset.zip(dataset, maps).map(
+            lambda file, augment_map: (
+                load_image(file[0], image_size, file[1], augment_map),
+                file[2],
+            ),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=False,
+        )
+    dataset = dataset.ignore_errors(log_warning=True)
     if cache == "memory":
         dataset = dataset.cache()
     elif cache:
@@ -570,7 +736,7 @@ def make_dataset(
             max(len(paths), 1), seed=seed, reshuffle_each_iteration=True
         )
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
-    if training and augmentation is not None:
+    if training and augmentation is not None and fused is None:
         dataset = dataset.map(
             lambda images, label: (augmentation(images, training=True), label),
             num_parallel_calls=tf.data.AUTOTUNE,

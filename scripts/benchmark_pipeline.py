@@ -7,7 +7,8 @@ measurement, each figure the median of ``--repeats`` runs:
 (a) the decode bound: decoding and resizing alone, ``tf.data`` on all cores,
     with the product's decoding and with full-size decoding;
 (b) the training pipeline (`make_dataset`), uncached first epoch and cached
-    epochs, without and with the training augmentation;
+    epochs, without and with the training augmentation (uncached, it is part
+    of each image's resize; cached, it warps the batches read back);
 (c) a naive ``keras.utils.PyDataset`` reading each file with Pillow and
     augmenting it in NumPy (SciPy's affine map, as Keras 2's
     ``ImageDataGenerator`` did), with one worker and with one thread per core,

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from neuropath.augmentation import RandomFlipRotateZoom
+from neuropath.augmentation import RandomFlipRotateZoom, equal_channels
 from neuropath.dataset import make_augmentation
 
 SIZE = 65  # an odd side puts the centre on a pixel
@@ -97,3 +97,16 @@ def test_greyscale_and_colour_batches_get_the_same_warp_per_channel():
             warp(colour[..., channel : channel + 1]),
             atol=1e-3,
         )
+
+
+def test_equal_channels_is_exact_for_fractional_pixels():
+    rng = np.random.default_rng(4)
+    grey = rng.uniform(0, 255, (2, 20, 30, 1)).astype("float32")
+    images = np.repeat(grey, 3, axis=-1)
+    assert bool(equal_channels(images))
+    # The smallest change of one channel of one pixel is seen.
+    for channel in range(3):
+        changed = images.copy()
+        changed[1, 7, 11, channel] = np.nextafter(changed[1, 7, 11, channel], 256)
+        assert not bool(equal_channels(changed))
+    assert bool(equal_channels(grey))

@@ -166,11 +166,21 @@ def test_dataset_batches_one_hot_labels_and_drops_undecodable_files(tmp_path):
     assert labels.argmax(axis=1).tolist() == [0, 1, 2, 3, 4]
 
 
-def test_augmentation_changes_training_images_but_keeps_shape(tmp_path):
+@pytest.mark.parametrize("cache", [None, "memory"])
+def test_augmentation_changes_training_images_but_keeps_shape(tmp_path, cache):
+    # Uncached, the augmentation is part of each image's resize; cached, it
+    # warps the batches read from the cache.
     paths = [save_image(tmp_path / "a.png", gradient_image(64, 64))]
     plain = make_dataset(paths, [0], 17, 48, 1)
     augmented = make_dataset(
-        paths, [0], 17, 48, 1, training=True, augmentation=make_augmentation(seed=1)
+        paths,
+        [0],
+        17,
+        48,
+        1,
+        training=True,
+        augmentation=make_augmentation(seed=1),
+        cache=cache,
     )
     a = next(iter(plain))[0].numpy()
     b = next(iter(augmented))[0].numpy()
