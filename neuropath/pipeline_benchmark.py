@@ -54,9 +54,12 @@ def images_per_second(batches: Iterable) -> float:
     return count / (time.perf_counter() - started)
 
 
-def median_rate(measure: Callable[[], float], repeats: int) -> float:
-    """The median of ``repeats`` calls of ``measure``."""
-    return statistics.median(measure() for _ in range(repeats))
+def median_rate(
+    measure: Callable[[], float], repeats: int
+) -> tuple[float, float, float]:
+    """The median, lowest and highest of ``repeats`` calls of ``measure``."""
+    rates = [measure() for _ in range(repeats)]
+    return statistics.median(rates), min(rates), max(rates)
 
 
 def decode_bound_dataset(

@@ -14,6 +14,10 @@ measurement, each figure the median of ``--repeats`` runs:
     ``ImageDataGenerator`` did), with one worker and with one thread per core,
     and, for comparison, augmenting it with Pillow's own C resampling.
 
+Each figure comes with the range of its runs: on two cores, ``tf.data``'s
+tuning leaves some runs of the same pipeline at about two thirds of the rate
+of the others.
+
 The goals are printed with the ratios: uncached without augmentation at least
 80% of (a); with augmentation at least 60% of (a) and 5x the faster of the
 NumPy-augmenting loaders. The ratio to the Pillow-augmenting loader is
@@ -64,7 +68,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument(
         "--naive-images", type=int, default=500, help="images per naive run"
     )
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument(
         "--config",
         default=None,
@@ -165,8 +169,12 @@ def main() -> int:
     }
     rates = {}
     for key, measure in measurements.items():
-        rates[key] = median_rate(measure, args.repeats)
-        print(f"{labels_text[key]:<56} {rates[key]:8.0f} images/s", flush=True)
+        rates[key], low, high = median_rate(measure, args.repeats)
+        print(
+            f"{labels_text[key]:<56} {rates[key]:8.0f} images/s  "
+            f"(runs {low:.0f}-{high:.0f})",
+            flush=True,
+        )
 
     # The stricter of the two bounds, and the faster naive loader.
     bound = max(rates["a_bound"], rates["a_bound_full"])
