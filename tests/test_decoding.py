@@ -8,7 +8,7 @@ import tensorflow as tf
 from conftest import gradient_image, save_image
 from PIL import Image
 
-from neuropath.dataset import load_image, make_dataset, plain_jpeg_flags
+from neuropath.dataset import load_image, make_dataset, plain_jpeg_flags, shared_flag
 from neuropath.image_files import read_image, tensorflow_decodes_exactly
 
 
@@ -152,3 +152,18 @@ def test_files_past_the_size_guards_are_left_to_pillow(tmp_path, monkeypatch):
     assert not tensorflow_decodes_exactly(path)
     with pytest.raises(ValueError, match="decompression bomb guard"):
         read_image(path)
+
+
+def test_one_decoder_for_all_files_or_a_choice_per_file(tmp_path):
+    jpeg = save_image(tmp_path / "a.jpg", _noisy_slice(70, 50, None))
+    png = save_image(tmp_path / "b.png", gradient_image(60, 80, 3))
+    assert shared_flag([True, True]) is True
+    assert shared_flag([False]) is False
+    assert shared_flag([True, False]) is None
+    alone = {str(p): load_image(tf.constant(str(p)), 32).numpy() for p in (jpeg, png)}
+    # Mixed files take the per-file choice; a single kind takes its decoder.
+    for files in ([jpeg, png], [jpeg], [png]):
+        dataset = make_dataset(files, [0] * len(files), 17, 32, 4)
+        images = next(iter(dataset))[0].numpy()
+        for image, path in zip(images, files, strict=True):
+            np.testing.assert_array_equal(image, alone[str(path)])
