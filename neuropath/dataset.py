@@ -566,6 +566,7 @@ def _plain_jpeg(
     and 8 that leaves the longer side at least ``image_size``, and the same
     crop of the scaled grid. A greyscale file is resized as one channel and
     copied to three afterwards: the same pixels for a third of the resizing.
+    With ``augment_map``, the resize is `resize_with_pad_and_warp` instead.
     """
     contents = tf.io.read_file(path)
     shape = tf.image.extract_jpeg_shape(contents, output_type=tf.int32)
