@@ -42,6 +42,8 @@ __all__ = [
     "class_weights",
     "image_problem",
     "augmentation_maps",
+    "decode_file",
+    "fit_to_square",
     "load_image",
     "make_augmentation",
     "make_dataset",
@@ -470,6 +472,20 @@ def _pad_and_resize(image: tf.Tensor, image_size: int) -> tf.Tensor:
     return tf.image.resize_with_pad(image, image_size, image_size)
 
 
+def _grey_to_rgb(image: tf.Tensor) -> tf.Tensor:
+    """The first channel of ``image`` ``(height, width, channels)`` copied to three.
+
+    One matrix product by a row of ones: exact, and a third of the time
+    ``tf.tile`` takes on a CPU. It is kept on the CPU, since a GPU may
+    multiply float32 matrices at TensorFloat-32 precision, which rounds.
+    """
+    shape = tf.shape(image)
+    with tf.device("/CPU:0"):
+        column = tf.reshape(image[..., :1], [-1, 1])
+        copies = tf.matmul(column, tf.ones([1, 3], image.dtype))
+    return tf.reshape(copies, [shape[0], shape[1], 3])
+
+
 def resize_with_pad_map(
     height: tf.Tensor, width: tf.Tensor, image_size: int
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -546,7 +562,7 @@ def resize_with_pad_and_warp(
         return warped[0]
 
     def grey():
-        return tf.tile(warp(pixels[..., :1]), [1, 1, 3])
+        return _grey_to_rgb(warp(pixels[..., :1]))
 
     def colour_or_grey():
         rgb = tf.ensure_shape(pixels, [None, None, 3])
@@ -557,16 +573,12 @@ def resize_with_pad_and_warp(
     return tf.ensure_shape(warped, [image_size, image_size, 3])
 
 
-def _plain_jpeg(
-    path: tf.Tensor, image_size: int, augment_map: tf.Tensor | None = None
-) -> tf.Tensor:
-    """`read_image` of a plain JPEG, padded and resized, in the graph.
+def _plain_jpeg(path: tf.Tensor, image_size: int) -> tf.Tensor:
+    """`read_image` of a plain JPEG, in the graph, before any resizing.
 
     The same DCT scale as `neuropath.image_files`: the largest s of 1, 2, 4
     and 8 that leaves the longer side at least ``image_size``, and the same
-    crop of the scaled grid. A greyscale file is resized as one channel and
-    copied to three afterwards: the same pixels for a third of the resizing.
-    With ``augment_map``, the resize is `resize_with_pad_and_warp` instead.
+    crop of the scaled grid. A greyscale file keeps its one channel.
     """
     contents = tf.io.read_file(path)
     shape = tf.image.extract_jpeg_shape(contents, output_type=tf.int32)
@@ -585,12 +597,91 @@ def _plain_jpeg(
 
         return branch
 
-    image = tf.switch_case(steps, [decode(s) for s in (1, 2, 4, 8)])
+    return tf.switch_case(steps, [decode(s) for s in (1, 2, 4, 8)])
+
+
+def _check_resizable(image: tf.Tensor, image_size: int, path: tf.Tensor) -> tf.Tensor:
+    """``image``, once it is known to keep at least one row and one column
+    when its longer side is resized to ``image_size``."""
+    # TensorFlow's own arithmetic in ``tf.image.resize_with_pad``.
+    rows, columns = tf.unstack(tf.cast(tf.shape(image)[:2], tf.float32))
+    ratio = tf.maximum(columns / image_size, rows / image_size)
+    shorter = tf.floor(tf.minimum(rows, columns) / ratio)
+    check = tf.debugging.Assert(
+        shorter >= 1,
+        [f"too elongated to resize to {image_size} px:", path, tf.shape(image)],
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(image)
+
+
+def decode_file(
+    path: tf.Tensor, image_size: int, plain_jpeg: tf.Tensor | bool = False
+) -> tf.Tensor:
+    """Decodes one image file, the first half of `load_image`.
+
+    Decoding is where a bad file fails; `fit_to_square` cannot fail on what
+    this returns, so a pipeline drops bad files between the two.
+
+    Args:
+        path: a scalar string tensor, the file's path.
+        image_size: the side the image will be resized to: a JPEG is decoded
+            at a reduced DCT scale that keeps its longer side at least this.
+        plain_jpeg: a boolean (scalar tensor or Python bool): the file is a
+            plain JPEG, decoded by ``tf.io``.
+
+    Returns:
+        uint8 pixels ``(height, width, channels)``, 1 or 3 channels.
+
+    Raises:
+        tf.errors.InvalidArgumentError: the file cannot be decoded, or it is
+            so elongated that its shorter side would resize to no pixels.
+    """
+
+    def with_pillow():
+        image = tf.numpy_function(
+            _decode_file, [path, image_size], tf.uint8, stateful=False
+        )
+        return tf.ensure_shape(image, [None, None, 3])
+
+    def with_tensorflow():
+        return _plain_jpeg(path, image_size)
+
+    if isinstance(plain_jpeg, bool):
+        image = with_tensorflow() if plain_jpeg else with_pillow()
+    else:
+        image = tf.cond(plain_jpeg, with_tensorflow, with_pillow)
+    return _check_resizable(image, image_size, path)
+
+
+def fit_to_square(
+    image: tf.Tensor, image_size: int, augment_map: tf.Tensor | None = None
+) -> tf.Tensor:
+    """Pads and resizes decoded pixels to an RGB square, the second half of
+    `load_image`.
+
+    Args:
+        image: uint8 pixels ``(height, width, channels)`` from `decode_file`.
+        image_size: side of the square result.
+        augment_map: when given, the 8 coefficients of a warp of the square
+            (`RandomFlipRotateZoom.inverse_maps`), applied in the same
+            bilinear resampling as the resize (`resize_with_pad_and_warp`).
+
+    Returns:
+        float32 pixels in 0-255, shape ``(image_size, image_size, 3)``.
+    """
     if augment_map is not None:
         return resize_with_pad_and_warp(image, image_size, augment_map)
     resized = _pad_and_resize(image, image_size)
+    channels = image.shape[-1]
+    if channels == 3:
+        return resized
+    if channels == 1:
+        return _grey_to_rgb(resized)
+    # A greyscale file is resized as one channel and copied to three
+    # afterwards: the same pixels for a third of the resizing.
     resized = tf.cond(
-        shape[2] == 1, lambda: tf.tile(resized, [1, 1, 3]), lambda: resized
+        tf.shape(image)[2] == 1, lambda: _grey_to_rgb(resized), lambda: resized
     )
     return tf.ensure_shape(resized, [image_size, image_size, 3])
 
@@ -609,6 +700,7 @@ def load_image(
     Plain JPEGs (see `neuropath.image_files.tensorflow_decodes_exactly`),
     when flagged, are decoded by ``tf.io`` instead, to the same pixels and
     without Python's global lock, which would queue many decoding threads.
+    This is `decode_file` followed by `fit_to_square`.
 
     Args:
         path: a scalar string tensor, the file's path (bytes as the file
@@ -624,22 +716,8 @@ def load_image(
         float32 pixels in 0-255, shape ``(image_size, image_size, 3)``;
         greyscale files become three equal channels.
     """
-
-    def with_pillow():
-        image = tf.numpy_function(
-            _decode_file, [path, image_size], tf.uint8, stateful=False
-        )
-        image = tf.ensure_shape(image, [None, None, 3])
-        if augment_map is not None:
-            return resize_with_pad_and_warp(image, image_size, augment_map)
-        return _pad_and_resize(image, image_size)
-
-    def with_tensorflow():
-        return _plain_jpeg(path, image_size, augment_map)
-
-    if isinstance(plain_jpeg, bool):
-        return with_tensorflow() if plain_jpeg else with_pillow()
-    return tf.cond(plain_jpeg, with_tensorflow, with_pillow)
+    image = decode_file(path, image_size, plain_jpeg)
+    return fit_to_square(image, image_size, augment_map)
 
 
 def plain_jpeg_flags(paths: Sequence[str | bytes]) -> list[bool]:
@@ -710,9 +788,8 @@ def make_dataset(
         (paths, flags, tf.one_hot(np.asarray(labels, dtype=np.int32), n_classes))
     )
 
-    def decode(path, plain, augment_map=None):
-        plain = plain if every is None else every
-        return load_image(path, image_size, plain, augment_map)
+    def decode(path, plain):
+        return decode_file(path, image_size, plain if every is None else every)
 
     if training and not cache:
         # Shuffling file names costs nothing and lets decoded images stream;
@@ -720,27 +797,36 @@ def make_dataset(
         dataset = dataset.shuffle(
             max(len(paths), 1), seed=seed, reshuffle_each_iteration=True
         )
+    parallel = dict(num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
     # Uncached, each image is augmented in the resampling that resizes it; a
     # cache must hold the images before augmentation, so the batches are
-    # warped after it.
+    # warped after it. Decoding is where a bad file fails: it is dropped
+    # there, so that resizing, which cannot fail, is fused with batching.
     fused = _single_warp(augmentation) if training and not cache else None
     if fused is None:
         dataset = dataset.map(
-            lambda path, plain, label: (decode(path, plain), label),
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=not training,
+            lambda path, plain, label: (decode(path, plain), label), **parallel
+        ).ignore_errors(log_warning=True)
+        dataset = dataset.map(
+            lambda image, label: (fit_to_square(image, image_size), label), **parallel
         )
     else:
         maps = augmentation_maps(fused, image_size, seed)
-        dataset = tf.data.Dataset.zip(dataset, maps).map(
-            lambda file, augment_map: (
-                decode(file[0], file[1], augment_map),
-                file[2],
-            ),
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=False,
+        dataset = (
+            tf.data.Dataset.zip(dataset, maps)
+            .map(
+                lambda file, augment_map: (decode(*file[:2]), file[2], augment_map),
+                **parallel,
+            )
+            .ignore_errors(log_warning=True)
         )
-    dataset = dataset.ignore_errors(log_warning=True)
+        dataset = dataset.map(
+            lambda image, label, augment_map: (
+                fit_to_square(image, image_size, augment_map),
+                label,
+            ),
+            **parallel,
+        )
     if cache == "memory":
         dataset = dataset.cache()
     elif cache:

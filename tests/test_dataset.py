@@ -5,6 +5,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import gradient_image, save_image
 
 from neuropath.classes import CLASS_NAMES
@@ -164,6 +165,29 @@ def test_dataset_batches_one_hot_labels_and_drops_undecodable_files(tmp_path):
     assert images.shape == (5, 32, 32, 3)
     assert labels.shape == (5, 17)
     assert labels.argmax(axis=1).tolist() == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_an_image_too_thin_to_resize_is_dropped_not_fed_as_nan(tmp_path, training):
+    # 32 x 8000 pixels: resized to 48 px its 32 rows would round to none.
+    thin = save_image(tmp_path / "thin.png", gradient_image(32, 8000))
+    # 64 x 3000, a JPEG decoded at 1/8 scale to 8 x 375: its rows resize to 1.
+    barely = save_image(tmp_path / "barely.jpg", gradient_image(64, 3000))
+    fine = save_image(tmp_path / "fine.png", gradient_image(40, 40))
+    dataset = make_dataset(
+        [thin, barely, fine],
+        [0, 1, 2],
+        n_classes=17,
+        image_size=48,
+        batch_size=4,
+        training=training,
+        augmentation=make_augmentation(seed=1) if training else None,
+    )
+    images, labels = next(iter(dataset))
+    assert sorted(labels.numpy().argmax(axis=1).tolist()) == [1, 2]
+    assert np.isfinite(images.numpy()).all()
+    with pytest.raises(tf.errors.InvalidArgumentError, match="thin.png"):
+        load_image(tf.constant(str(thin)), 48)
 
 
 @pytest.mark.parametrize("cache", [None, "memory"])
