@@ -548,11 +548,9 @@ def resize_with_pad_and_warp(
         ]
     )
 
-    pixels = tf.cast(image, tf.float32)
-
     def warp(channels):
         warped = tf.raw_ops.ImageProjectiveTransformV3(
-            images=channels[tf.newaxis],
+            images=tf.cast(channels, tf.float32)[tf.newaxis],
             transforms=transform[tf.newaxis],
             output_shape=[image_size, image_size],
             fill_value=0.0,
@@ -562,10 +560,11 @@ def resize_with_pad_and_warp(
         return warped[0]
 
     def grey():
-        return _grey_to_rgb(warp(pixels[..., :1]))
+        return _grey_to_rgb(warp(image[..., :1]))
 
     def colour_or_grey():
-        rgb = tf.ensure_shape(pixels, [None, None, 3])
+        # Compared before the conversion to float: a quarter of the bytes.
+        rgb = tf.ensure_shape(image, [None, None, 3])
         return tf.cond(equal_channels(rgb), grey, lambda: warp(rgb))
 
     # Only a three-channel image needs the comparison of its channels.

@@ -13,9 +13,8 @@ from __future__ import annotations
 import concurrent.futures
 import math
 import os
-import statistics
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import keras
 import numpy as np
@@ -29,7 +28,7 @@ __all__ = [
     "NaiveLoader",
     "decode_bound_dataset",
     "images_per_second",
-    "median_rate",
+    "interleaved_rates",
     "naive_batches",
     "repeat_to",
 ]
@@ -60,12 +59,23 @@ def images_per_second(batches: Iterable) -> float:
     return count / elapsed
 
 
-def median_rate(
-    measure: Callable[[], float], repeats: int
-) -> tuple[float, float, float]:
-    """The median, lowest and highest of ``repeats`` calls of ``measure``."""
-    rates = [measure() for _ in range(repeats)]
-    return statistics.median(rates), min(rates), max(rates)
+def interleaved_rates(
+    measurements: Mapping[str, Callable[[], float]], repeats: int
+) -> dict[str, list[float]]:
+    """Each of ``measurements`` called ``repeats`` times, in rounds of one call each.
+
+    Taking turns, rather than repeating one measurement before the next, lets
+    a slow spell of a shared machine fall on all of them alike, so their
+    ratios stay fair.
+
+    Returns:
+        The rates of each measurement's calls, in the order they ran.
+    """
+    rates = {key: [] for key in measurements}
+    for _ in range(repeats):
+        for key, measure in measurements.items():
+            rates[key].append(measure())
+    return rates
 
 
 def decode_bound_dataset(

@@ -2,7 +2,9 @@
 """Images per second of the input pipeline, its decode bound and a naive loader.
 
 All on the same folder of images, repeated in order to ``--images`` per
-measurement, each figure the median of ``--repeats`` runs:
+measurement, each figure the median of ``--repeats`` runs. The measurements
+take turns, one run of each per round, so that a slow spell of the machine
+does not fall on one of them alone:
 
 (a) the decode bound: decoding and resizing alone, ``tf.data`` on all cores,
     with the product's decoding and with full-size decoding;
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import statistics
 import sys
 from pathlib import Path
 
@@ -45,7 +48,7 @@ from neuropath.pipeline_benchmark import (  # noqa: E402
     NaiveLoader,
     decode_bound_dataset,
     images_per_second,
-    median_rate,
+    interleaved_rates,
     naive_batches,
     repeat_to,
 )
@@ -173,14 +176,13 @@ def main() -> int:
         "c_pillow_aug_all": f"(c) naive PyDataset + Pillow augmentation, "
         f"{cores} threads",
     }
-    rates, fastest = {}, {}
-    for key, measure in measurements.items():
-        rates[key], low, high = median_rate(measure, args.repeats)
-        fastest[key] = high
+    runs = interleaved_rates(measurements, args.repeats)
+    rates = {key: statistics.median(values) for key, values in runs.items()}
+    fastest = {key: max(values) for key, values in runs.items()}
+    for key, values in runs.items():
         print(
             f"{labels_text[key]:<56} {rates[key]:8.0f} images/s  "
-            f"(runs {low:.0f}-{high:.0f})",
-            flush=True,
+            f"(runs {min(values):.0f}-{max(values):.0f})"
         )
 
     # The bound is the fastest run of either decoding, the strictest figure

@@ -11,6 +11,7 @@ from neuropath.pipeline_benchmark import (
     NaiveLoader,
     decode_bound_dataset,
     images_per_second,
+    interleaved_rates,
     naive_batches,
     repeat_to,
 )
@@ -49,6 +50,22 @@ def test_repeat_to_cycles_in_order():
     assert repeat_to(["a", "b", "c"], 7) == ["a", "b", "c", "a", "b", "c", "a"]
     with pytest.raises(ValueError, match="empty"):
         repeat_to([], 3)
+
+
+def test_measurements_take_turns_round_by_round():
+    calls = []
+
+    def measure(key):
+        def rate():
+            calls.append(key)
+            return float(len(calls))
+
+        return rate
+
+    rates = interleaved_rates({"bound": measure("bound"), "aug": measure("aug")}, 3)
+
+    assert calls == ["bound", "aug"] * 3
+    assert rates == {"bound": [1.0, 3.0, 5.0], "aug": [2.0, 4.0, 6.0]}
 
 
 def test_decode_bound_and_naive_loader_yield_the_pipeline_images(tmp_path):
