@@ -31,6 +31,7 @@ __all__ = [
     "interleaved_rates",
     "naive_batches",
     "repeat_to",
+    "round_ratios",
 ]
 
 
@@ -76,6 +77,32 @@ def interleaved_rates(
         for key, measure in measurements.items():
             rates[key].append(measure())
     return rates
+
+
+def round_ratios(
+    numerators: Sequence[float], denominators: Sequence[Sequence[float]]
+) -> list[float]:
+    """Round by round, a rate over the fastest of the rates it is compared with.
+
+    Args:
+        numerators: one rate per round, from `interleaved_rates`.
+        denominators: the rates to compare with, each a list of one rate per
+            round; the fastest of them in each round is the denominator.
+
+    Returns:
+        One ratio per round. A ratio within a round compares two measurements
+        that ran a few seconds apart, under the same load of the machine.
+    """
+    rounds = len(numerators)
+    if not denominators or any(len(rates) != rounds for rates in denominators):
+        raise ValueError(
+            f"Every denominator needs one rate for each of the {rounds} rounds; "
+            f"received {[len(rates) for rates in denominators]} rates."
+        )
+    return [
+        numerator / max(rates[i] for rates in denominators)
+        for i, numerator in enumerate(numerators)
+    ]
 
 
 def decode_bound_dataset(

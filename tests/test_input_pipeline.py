@@ -14,6 +14,7 @@ from neuropath.pipeline_benchmark import (
     interleaved_rates,
     naive_batches,
     repeat_to,
+    round_ratios,
 )
 
 
@@ -66,6 +67,17 @@ def test_measurements_take_turns_round_by_round():
 
     assert calls == ["bound", "aug"] * 3
     assert rates == {"bound": [1.0, 3.0, 5.0], "aug": [2.0, 4.0, 6.0]}
+
+
+def test_round_ratios_divide_by_the_fastest_comparison_of_the_same_round():
+    pipeline = [600.0, 900.0, 700.0]
+    bound, bound_full = [1000.0, 1500.0, 1000.0], [1200.0, 1000.0, 800.0]
+
+    ratios = round_ratios(pipeline, [bound, bound_full])
+
+    assert ratios == pytest.approx([0.5, 0.6, 0.7])
+    with pytest.raises(ValueError, match="3 rounds"):
+        round_ratios(pipeline, [bound, [1.0, 2.0]])
 
 
 def test_decode_bound_and_naive_loader_yield_the_pipeline_images(tmp_path):
