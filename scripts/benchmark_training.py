@@ -8,7 +8,7 @@ decoded once beforehand, so both feeds share whatever else the machine is
 doing. The pipeline's cost is how much slower its epochs are. The first epoch
 of each feed (tracing, and filling the pipeline's cache) is reported apart.
 
-    python scripts/benchmark_training.py [--epochs 4] [--steps N] [--config C]
+    python scripts/benchmark_training.py [--epochs 8] [--steps N] [--config C]
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def main() -> int:
     parser.add_argument("--config", default=str(REPO / "configs" / "demo.yaml"))
     parser.add_argument("--data-dir", default=str(REPO / "data" / "demo"))
     parser.add_argument(
-        "--epochs", type=int, default=4, help="measured epochs per feed, after one"
+        "--epochs", type=int, default=8, help="measured epochs per feed, after one"
     )
     parser.add_argument("--steps", type=int, default=None, help="steps per epoch")
     args = parser.parse_args()
