@@ -62,14 +62,19 @@ N_CLASSES = 17
 
 
 def _arguments() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument(
         "--data-dir",
         default=str(REPO.parent / "shared" / "real-mri-sample"),
         help="a data set folder (one sub-folder per class)",
     )
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--image-size", type=int, default=224, help="side of the square images"
+    )
+    parser.add_argument("--batch-size", type=int, default=32, help="images per batch")
     parser.add_argument(
         "--images",
         type=int,
@@ -79,11 +84,14 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument(
         "--naive-images", type=int, default=500, help="images per naive run"
     )
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="rounds: runs of each measurement"
+    )
     parser.add_argument(
         "--config",
         default=None,
-        help="a run config whose augmentation is used; the defaults otherwise",
+        help="a run config whose augmentation is used; without one, 20 degrees, "
+        "zoom 0.10 and flip",
     )
     return parser.parse_args()
 
@@ -213,9 +221,11 @@ def main() -> int:
         ),
     ]
     print(
-        f"\n{'ratio':<54} {'rounds':>6} {'range':>13} {'strict':>7}"
-        "   (strict: median over the fastest run compared with)"
+        "\nRatios: median of the round ratios (each run over the faster decode "
+        "bound\nor naive loader of its round), their range, and strict: median "
+        "over the\nsingle fastest run of the other side."
     )
+    print(f"{'ratio':<54} {'rounds':>6} {'range':>13} {'strict':>7}")
     for name, key, denominators, goal in goals:
         ratios = round_ratios(runs[key], denominators)
         ratio = statistics.median(ratios)

@@ -82,13 +82,27 @@ def _epoch(model, dataset, steps: int | None) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(REPO / "configs" / "demo.yaml"))
-    parser.add_argument("--data-dir", default=str(REPO / "data" / "demo"))
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--config", default=str(REPO / "configs" / "demo.yaml"), help="run config"
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=str(REPO / "data" / "demo"),
+        help="a data set folder (one sub-folder per class)",
+    )
     parser.add_argument(
         "--epochs", type=int, default=8, help="measured epochs per feed, after one"
     )
-    parser.add_argument("--steps", type=int, default=None, help="steps per epoch")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="steps per epoch; none: whole passes",
+    )
     args = parser.parse_args()
     if args.epochs < 1:
         parser.error(f"--epochs must be >= 1; received {args.epochs}")
@@ -128,8 +142,9 @@ def main() -> int:
     rates = {feed: images / np.median(s) for feed, s in seconds.items()}
     print(
         f"config {args.config}: {config.model.backbone}, {config.data.image_size} px, "
-        f"batches of {batch}, {images} images an epoch, "
-        f"{len(labels)} training images, cache {config.data.cache}, augmentation "
+        f"batches of {batch}, {images} images an epoch"
+        f"{'' if images == len(labels) else f' of {len(labels)} training images'}, "
+        f"cache {config.data.cache}, augmentation "
         f"{'on' if config.augment.enabled else 'off'}, {os.cpu_count()} core(s), "
         f"TensorFlow {tf.__version__}"
     )
